@@ -1,0 +1,54 @@
+"""The `mage-dbt` command line: one typer app, one module per group of verbs.
+
+User mistakes (`MageDbtError`) print one line `error: ...` with the fix and exit 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from mage_dbt.cli.console import err_console
+from mage_dbt.errors import MageDbtError
+
+app = typer.Typer(
+    name="mage-dbt",
+    help="Run dbt projects with Python and SQL blocks as Prefect flows.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Each module registers its commands on `app` when imported.
+from mage_dbt.cli import project_cmds, run_cmds  # noqa: E402,F401
+
+
+def main(argv: list[str] | None = None) -> None:
+    from mage_dbt.prefect_setup import quiet_prefect_console
+
+    quiet_prefect_console()
+    try:
+        result = app(args=argv, standalone_mode=False)
+    except MageDbtError as exc:
+        err_console.print(f"[bold red]error:[/] {exc.one_line()}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    _exit(result if isinstance(result, int) else 0)
+
+
+def _exit(code: int) -> None:
+    """Exit without interpreter teardown: DuckDB's bindings print leak warnings at teardown."""
+    import os
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

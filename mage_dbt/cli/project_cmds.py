@@ -1,0 +1,56 @@
+"""Project verbs: `init` scaffolds a project, `pipelines` lists them, `blocks` shows one's DAG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from mage_dbt.cli import app
+from mage_dbt.cli.console import console
+from mage_dbt.cli.options import ProjectDir, Target, settings_for
+from mage_dbt.pipeline import load_pipeline
+from mage_dbt.pipeline_spec import list_pipelines
+
+
+@app.command()
+def init(
+    directory: Path = typer.Argument(..., help="Folder to create the project in (new or empty)."),
+    dbt_project: str = typer.Option("analytics", "--dbt-project", help="Name of the starter dbt project."),
+) -> None:
+    """Scaffold a mage_dbt project: mage_dbt.yaml, profiles.yml, flows/, dbt_projects/, git_sync/."""
+    from mage_dbt.scaffold import scaffold
+
+    created = scaffold(directory, dbt_project)
+    console.print(f"created {len(created)} files in {directory}")
+    console.print(f"next: cd {directory} && mage-dbt run example --execution-date 2024-01-01")
+
+
+@app.command()
+def pipelines(project_dir: Optional[Path] = ProjectDir) -> None:
+    """List the pipelines of the project (flows/*.yaml)."""
+    settings = settings_for(project_dir)
+    for name in list_pipelines(settings.flows_dir):
+        console.print(name)
+
+
+@app.command()
+def blocks(
+    pipeline: str = typer.Argument(..., help="Pipeline name: flows/<name>.yaml"),
+    target: Optional[str] = Target,
+    project_dir: Optional[Path] = ProjectDir,
+) -> None:
+    """List the blocks of PIPELINE with their kind, dbt group and upstream blocks."""
+    settings = settings_for(project_dir)
+    resolved = load_pipeline(settings, pipeline, target=target)
+    table = Table(title=f"pipeline {resolved.name}: {len(resolved.blocks)} blocks, {len(resolved.units)} units",
+                  title_justify="left")
+    for column in ("block", "kind", "unit", "upstream"):
+        table.add_column(column, overflow="fold")
+    for unit in resolved.units:
+        for name in unit.blocks:
+            block = resolved.blocks[name]
+            table.add_row(name, block.kind, unit.id, ", ".join(block.upstream))
+    console.print(table)

@@ -1,0 +1,68 @@
+"""`mage-dbt run`: run a pipeline for one execution date as a Prefect flow, then print a summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from mage_dbt.cli import app
+from mage_dbt.cli.console import console
+from mage_dbt.cli.options import ProjectDir, Target, parse_vars, settings_for
+from mage_dbt.dates import parse_execution_date
+from mage_dbt.pipeline import load_pipeline
+from mage_dbt.pipeline_spec import load_pipeline_spec
+
+STATUS_STYLE = {"success": "green", "failed": "bold red", "skipped": "yellow"}
+
+
+@app.command()
+def run(
+    pipeline: str = typer.Argument(..., help="Pipeline name: flows/<name>.yaml"),
+    execution_date: str = typer.Option(..., "--execution-date", "-d", help="YYYY-MM-DD or ISO timestamp."),
+    target: Optional[str] = Target,
+    full_refresh: bool = typer.Option(False, "--full-refresh", help="Rebuild incremental models from scratch."),
+    select: Optional[list[str]] = typer.Option(None, "--select", "-s", help="Run only these blocks (dbt selector syntax or block names)."),
+    var: Optional[list[str]] = typer.Option(None, "--var", help="Extra dbt var KEY=VALUE (repeatable)."),
+    project_dir: Optional[Path] = ProjectDir,
+) -> int:
+    """Run PIPELINE for one execution date (a Prefect flow run with one task run per block)."""
+    settings = settings_for(project_dir)
+    spec = load_pipeline_spec(settings.flows_dir, pipeline)
+    when = parse_execution_date(execution_date, spec.timezone)
+    # Pre-flight outside the flow: a bad target, selector or project fails here, before any run exists.
+    load_pipeline(settings, pipeline, target=target, select=select)
+    from mage_dbt.prefect_setup import run_flow_quietly
+    from mage_dbt.flows import pipeline_flow
+
+    summary = run_flow_quietly(
+        pipeline_flow,
+        pipeline=pipeline, execution_date=when, full_refresh=full_refresh,
+        select=select, target=target, vars=parse_vars(var) or None,
+    )
+    print_summary(summary)
+    failed = [n for n, r in summary["results"].items() if r["status"] != "success"]
+    return 1 if failed else 0
+
+
+def print_summary(summary: dict) -> None:
+    table = Table(title=f"{summary['pipeline']} · {summary['execution_date']}", title_justify="left")
+    for column in ("block", "kind", "status", "seconds", "rows", "message"):
+        table.add_column(column, overflow="fold")
+    for name, result in summary["results"].items():
+        style = STATUS_STYLE.get(result["status"], "")
+        table.add_row(
+            name, result["kind"], f"[{style}]{result['status']}[/]", f"{result['seconds']:.2f}",
+            "" if result.get("rows") is None else str(result["rows"]),
+            "" if result["status"] == "success" else (result.get("message") or "")[:300],
+        )
+    console.print(table)
+    counts = {}
+    for result in summary["results"].values():
+        counts[result["status"]] = counts.get(result["status"], 0) + 1
+    parts = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+    console.print(f"{len(summary['results'])} blocks: {parts}; dbt invocations: {summary.get('dbt_invocations', 0)}")
+    if summary.get("flow_run_id"):
+        console.print(f"flow run: {summary['flow_run_id']}")

@@ -1,0 +1,79 @@
+"""The run context: the values every block of one run sees (dates, full refresh, vars, target).
+
+The same values reach dbt (`var('execution_date')`, `var('interval_start')`, ...), SQL templates
+(`{{ execution_date }}`) and Python blocks (keyword arguments).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from mage_dbt.dates import Interval, dbt_vars, interval_for
+
+
+@dataclass(frozen=True)
+class RunContext:
+    pipeline: str
+    interval: Interval
+    full_refresh: bool = False
+    vars: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    target: str | None = None
+    run_id: str = "local"
+    dbt_commit: str | None = None
+
+    @property
+    def execution_date(self) -> datetime:
+        return self.interval.start
+
+    @property
+    def interval_start(self) -> datetime:
+        return self.interval.start
+
+    @property
+    def interval_end(self) -> datetime:
+        return self.interval.end
+
+    def date_vars(self) -> dict[str, str]:
+        return dbt_vars(self.interval)
+
+    def dbt_vars(self) -> dict[str, Any]:
+        """What dbt receives through `--vars`: the user's vars, then the dates (dates win)."""
+        return {**dict(self.vars), **self.date_vars()}
+
+    def template_values(self) -> dict[str, Any]:
+        """Names available to templated SQL and dbt command arguments."""
+        return {
+            **self.date_vars(),
+            "vars": dict(self.vars),
+            "full_refresh": self.full_refresh,
+            "target": self.target,
+            "run_id": self.run_id,
+            "pipeline": self.pipeline,
+        }
+
+
+def make_context(
+    pipeline: str,
+    execution_date: str | datetime,
+    *,
+    interval: str = "day",
+    timezone: str = "UTC",
+    full_refresh: bool = False,
+    vars: Mapping[str, Any] | None = None,
+    target: str | None = None,
+    run_id: str = "local",
+    dbt_commit: str | None = None,
+) -> RunContext:
+    """Validate the execution date and build the context of one run."""
+    return RunContext(
+        pipeline=pipeline,
+        interval=interval_for(execution_date, interval, timezone),
+        full_refresh=full_refresh,
+        vars=MappingProxyType(dict(vars or {})),
+        target=target,
+        run_id=run_id,
+        dbt_commit=dbt_commit,
+    )

@@ -1,0 +1,89 @@
+"""How dbt runs a group of nodes: the executor protocol and the in-process implementation.
+
+The runner decides *what* to run (an exact node list, a context); an executor decides *how*. The
+in-process executor runs the list as ONE dbt invocation against the cached, parsed manifest, with
+the exact nodes selected by FQN and `--indirect-selection empty` (no extra tests sneak in). The
+node list goes to dbt as a Python list, never through a shell command line, so huge selections
+cannot overflow ARG_MAX. Other executors (a subprocess worker, dbt Cloud) plug in here.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Protocol, Sequence
+
+from mage_dbt.context import RunContext
+from mage_dbt.dbt_invocation import (
+    InvocationOutcome,
+    NodeEvents,
+    NodeListener,
+    NodeResult,
+    error_text,
+    invoke_dbt,
+    results_from_run,
+)
+from mage_dbt.manifest import LoadedManifest
+
+
+class DbtExecutor(Protocol):
+    def run_nodes(
+        self,
+        loaded: LoadedManifest,
+        unique_ids: Sequence[str],
+        *,
+        context: RunContext,
+        listener: NodeListener,
+        command: str = "build",
+        full_refresh: bool = False,
+    ) -> InvocationOutcome: ...
+
+
+def node_args(loaded: LoadedManifest, unique_ids: Sequence[str]) -> list[str]:
+    """Selection flags that make dbt run exactly `unique_ids`."""
+    selectors = [loaded.nodes[u].selector for u in unique_ids]
+    return ["--select", *selectors, "--indirect-selection", "empty"]
+
+
+class InProcessDbtExecutor:
+    """Runs a node group as one in-process dbt invocation reusing the parsed manifest."""
+
+    def run_nodes(
+        self,
+        loaded: LoadedManifest,
+        unique_ids: Sequence[str],
+        *,
+        context: RunContext,
+        listener: NodeListener,
+        command: str = "build",
+        full_refresh: bool = False,
+    ) -> InvocationOutcome:
+        ref = loaded.ref
+        args = [
+            command,
+            *ref.base_args(),
+            *node_args(loaded, unique_ids),
+            "--vars", json.dumps(context.dbt_vars(), default=str),
+            "--log-level", "none",
+            "--no-use-colors",
+        ]
+        if full_refresh:
+            args.append("--full-refresh")
+        wanted = set(unique_ids)
+        events = NodeEvents(listener, wanted=wanted)
+        raw = invoke_dbt(
+            args,
+            manifest=loaded.dbt_manifest,
+            callbacks=[events],
+            invocation_log=ref.invocation_log,
+            node_count=len(unique_ids),
+        )
+        results = {**events.finished, **{k: v for k, v in results_from_run(raw).items() if k in wanted}}
+        problem = error_text(raw)
+        for unique_id in wanted - set(results):
+            results[unique_id] = NodeResult(
+                unique_id=unique_id,
+                status="error",
+                message=problem or "dbt did not run this node (see the dbt log under the data folder)",
+            )
+            listener.node_finished(results[unique_id])
+        return InvocationOutcome(success=bool(raw.success), results=results, error=problem, raw=raw)

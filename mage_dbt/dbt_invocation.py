@@ -1,0 +1,163 @@
+"""The one door to dbt: in-process invocations, serialized, logged, and turned into node results.
+
+dbt keeps process-global state (adapter factory, flags), so every dbt call of this process goes
+through `invoke_dbt`, which holds a process-wide lock. Each invocation appends one JSON line to
+`<data_dir>/logs/dbt_invocations.jsonl` (command, node count, seconds, success) — the invocation
+log that tests and `mage-dbt` use to show how many dbt processes a run really cost.
+
+`NodeEvents` turns dbt's event stream (NodeStart / NodeFinished) into calls on a listener, so
+Prefect task runs can start when dbt starts a node and end with dbt's own status.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Protocol
+
+_DBT_LOCK = threading.RLock()
+
+OK_STATUSES = frozenset({"success", "pass", "warn", "no-op"})
+FAILED_STATUSES = frozenset({"error", "fail", "runtime error"})
+
+
+@dataclass(frozen=True)
+class NodeResult:
+    """dbt's verdict on one node of an invocation."""
+
+    unique_id: str
+    status: str
+    message: str | None = None
+    execution_time: float = 0.0
+    rows_affected: int | None = None
+    failures: int | None = None
+    finished_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+    @property
+    def ok(self) -> bool:
+        return self.status in OK_STATUSES
+
+    @property
+    def skipped(self) -> bool:
+        return self.status == "skipped"
+
+
+class NodeListener(Protocol):
+    """Receives node lifecycle events while dbt runs (called from dbt's worker threads)."""
+
+    def node_started(self, unique_id: str) -> None: ...
+
+    def node_finished(self, result: NodeResult) -> None: ...
+
+
+@dataclass
+class InvocationOutcome:
+    """What one dbt invocation produced."""
+
+    success: bool
+    results: dict[str, NodeResult]
+    error: str | None
+    raw: Any = None
+
+
+def invoke_dbt(
+    args: list[str],
+    *,
+    manifest: Any = None,
+    callbacks: Iterable[Callable[[Any], None]] = (),
+    invocation_log: Path | None = None,
+    node_count: int | None = None,
+):
+    """Run one dbt command in this process, never concurrently with another."""
+    from dbt.cli.main import dbtRunner
+
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    with _DBT_LOCK:
+        started = time.perf_counter()
+        result = dbtRunner(manifest=manifest, callbacks=list(callbacks)).invoke(args)
+        seconds = time.perf_counter() - started
+    if invocation_log is not None:
+        invocation_log.parent.mkdir(parents=True, exist_ok=True)
+        record = {
+            "at": datetime.now(timezone.utc).isoformat(),
+            "pid": os.getpid(),
+            "command": args[0] if args else "",
+            "nodes": node_count,
+            "seconds": round(seconds, 3),
+            "success": bool(result.success),
+            "cached_manifest": manifest is not None,
+        }
+        with invocation_log.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+    return result
+
+
+class NodeEvents:
+    """A dbt callback forwarding NodeStart/NodeFinished to a `NodeListener`."""
+
+    def __init__(self, listener: NodeListener, wanted: set[str] | None = None) -> None:
+        self._listener = listener
+        self._wanted = wanted
+        self.finished: dict[str, NodeResult] = {}
+
+    def __call__(self, event: Any) -> None:
+        name = event.info.name
+        if name not in ("NodeStart", "NodeFinished"):
+            return
+        node_info = getattr(event.data, "node_info", None)
+        unique_id = getattr(node_info, "unique_id", None)
+        if not unique_id or (self._wanted is not None and unique_id not in self._wanted):
+            return
+        if name == "NodeStart":
+            self._listener.node_started(unique_id)
+            return
+        result = result_from_event(unique_id, event.data)
+        self.finished[unique_id] = result
+        self._listener.node_finished(result)
+
+
+def result_from_event(unique_id: str, data: Any) -> NodeResult:
+    run_result = getattr(data, "run_result", None)
+    status = (getattr(run_result, "status", None) or data.node_info.node_status or "").lower()
+    adapter_response = getattr(run_result, "adapter_response", None) or {}
+    rows = adapter_response.get("rows_affected") if hasattr(adapter_response, "get") else None
+    return NodeResult(
+        unique_id=unique_id,
+        status=status,
+        message=(getattr(run_result, "message", None) or None),
+        execution_time=float(getattr(run_result, "execution_time", 0.0) or 0.0),
+        rows_affected=int(rows) if rows not in (None, "") else None,
+        failures=getattr(run_result, "num_failures", None),
+    )
+
+
+def results_from_run(raw_result: Any) -> dict[str, NodeResult]:
+    """Node results from a dbtRunnerResult's RunExecutionResult (the authoritative statuses)."""
+    out: dict[str, NodeResult] = {}
+    for item in getattr(getattr(raw_result, "result", None), "results", None) or ():
+        adapter_response = item.adapter_response or {}
+        rows = adapter_response.get("rows_affected")
+        out[item.node.unique_id] = NodeResult(
+            unique_id=item.node.unique_id,
+            status=str(getattr(item.status, "value", item.status)).lower(),
+            message=item.message,
+            execution_time=float(item.execution_time or 0.0),
+            rows_affected=int(rows) if rows not in (None, "") else None,
+            failures=item.failures,
+        )
+    return out
+
+
+def error_text(raw_result: Any) -> str | None:
+    """The first line of an invocation's exception, if it raised one."""
+    exc = getattr(raw_result, "exception", None)
+    if exc is None:
+        return None
+    text = str(exc).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return " ".join(lines[:3]) if lines else type(exc).__name__

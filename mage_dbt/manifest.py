@@ -1,0 +1,240 @@
+"""Parse once: load a dbt project's manifest, cache it per project revision and target, select nodes.
+
+The cache key is the project's file contents (or its git commit when git sync recorded one), the
+profiles file, the target, the values of the env vars the project reads and the dbt version. A hit
+loads a small pickled node index (fast enough for `blocks`) and, lazily, the pickled dbt `Manifest`
+object that `dbtRunner(manifest=...)` reuses so no dbt invocation parses again. A miss runs
+`dbt parse` in-process once and fills the cache atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mage_dbt.dbt_invocation import error_text, invoke_dbt
+from mage_dbt.errors import DbtProjectError, SelectionError
+from mage_dbt.nodes import DbtNode, nodes_from_manifest_dict
+
+_SKIP_DIRS = {"target", "logs", "dbt_packages", ".git", "__pycache__", ".venv"}
+_ENV_VAR_NAME = re.compile(r"env_var\(\s*['\"]([A-Za-z_][A-Za-z0-9_]*)['\"]")
+REVISION_MARKER = ".mage_dbt_revision"
+
+
+@dataclass(frozen=True)
+class DbtProjectRef:
+    """Which dbt project, with which profiles and target, and where mage_dbt keeps its files."""
+
+    name: str
+    project_dir: Path
+    profiles_dir: Path
+    data_dir: Path
+    target: str | None = None
+
+    @property
+    def target_path(self) -> Path:
+        return self.data_dir / "dbt_target" / self.name / f"{self.target or 'default'}-{os.getpid()}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def invocation_log(self) -> Path:
+        return self.log_path / "dbt_invocations.jsonl"
+
+    def base_args(self, target_path: Path | None = None) -> list[str]:
+        """Flags every dbt invocation of this project gets; the orchestrator owns these."""
+        args = [
+            "--project-dir", str(self.project_dir),
+            "--profiles-dir", str(self.profiles_dir),
+            "--target-path", str(target_path or self.target_path),
+            "--log-path", str(self.log_path),
+        ]
+        if self.target:
+            args += ["--target", self.target]
+        return args
+
+
+@dataclass
+class LoadedManifest:
+    """The node index of one project revision, plus the dbt Manifest object on demand."""
+
+    ref: DbtProjectRef
+    key: str
+    nodes: dict[str, DbtNode]
+    _manifest_file: Path
+    _dbt_manifest: Any = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def dbt_manifest(self) -> Any:
+        """dbt's own Manifest object, for `dbtRunner(manifest=...)` and dbt's selector."""
+        with self._lock:
+            if self._dbt_manifest is None:
+                self._dbt_manifest = pickle.loads(self._manifest_file.read_bytes())
+            return self._dbt_manifest
+
+    def select(self, select: list[str] | None, exclude: list[str] | None = None) -> set[str]:
+        """Unique ids chosen by dbt's own selector syntax (tag:, path:, +model, @model, ...)."""
+        _ensure_dbt_flags()
+        from dbt.compilation import Linker
+        from dbt.graph import Graph, NodeSelector
+        from dbt.graph.cli import parse_difference
+
+        manifest = self.dbt_manifest
+        linker = Linker()
+        linker.link_graph(manifest)
+        try:
+            spec = parse_difference(list(select) if select else None, list(exclude) if exclude else None)
+            chosen = NodeSelector(Graph(linker.graph), manifest).get_selected(spec, warn_on_no_nodes=False)
+        except Exception as exc:  # dbt raises a zoo of types for malformed selectors
+            raise SelectionError(
+                f"invalid dbt selector {select!r}: {str(exc).splitlines()[0]}",
+                hint="use dbt's selector syntax, e.g. 'tag:daily', '+fct_orders', 'path:models/staging'",
+            ) from None
+        return {uid for uid in chosen if uid in self.nodes and self.nodes[uid].resource_type != "source"}
+
+
+def _ensure_dbt_flags() -> None:
+    from argparse import Namespace
+
+    from dbt.flags import get_flags, set_from_args
+
+    if not hasattr(get_flags(), "INDIRECT_SELECTION"):
+        set_from_args(Namespace(), {})
+
+
+def project_fingerprint(ref: DbtProjectRef) -> str:
+    """A hash of everything that changes what `dbt parse` produces for this project and target."""
+    import dbt.version
+
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{dbt.version.__version__}|{ref.target}|".encode())
+    env_names: set[str] = set()
+    profiles = ref.profiles_dir / "profiles.yml"
+    if profiles.is_file():
+        text = profiles.read_bytes()
+        digest.update(text)
+        env_names.update(_ENV_VAR_NAME.findall(text.decode(errors="replace")))
+    marker = ref.project_dir / REVISION_MARKER
+    if marker.is_file():
+        digest.update(b"commit:" + marker.read_bytes())
+    else:
+        for path in sorted(_project_files(ref.project_dir)):
+            data = path.read_bytes()
+            digest.update(str(path.relative_to(ref.project_dir)).encode() + b"\0" + data)
+            if b"env_var" in data:
+                env_names.update(_ENV_VAR_NAME.findall(data.decode(errors="replace")))
+    for name in sorted(env_names):
+        digest.update(f"{name}={os.environ.get(name, '')}\0".encode())
+    return digest.hexdigest()
+
+
+def _project_files(root: Path):
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in _SKIP_DIRS and not d.startswith(".")]
+        for name in files:
+            yield Path(folder) / name
+
+
+class ManifestCache:
+    """Loaded manifests of this process, backed by the on-disk cache under the data folder."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[str, LoadedManifest] = {}
+        self._lock = threading.Lock()
+
+    def load(self, ref: DbtProjectRef) -> LoadedManifest:
+        key = project_fingerprint(ref)
+        with self._lock:
+            if key in self._loaded:
+                return self._loaded[key]
+            folder = ref.data_dir / "manifest_cache" / f"{ref.name}-{key}"
+            nodes_file, manifest_file = folder / "nodes.pkl", folder / "manifest.pkl"
+            if not (nodes_file.is_file() and manifest_file.is_file()):
+                manifest = parse_project(ref)
+                _write_cache(folder, manifest, ref.target_path / "manifest.json")
+            nodes = pickle.loads(nodes_file.read_bytes())
+            loaded = LoadedManifest(ref=ref, key=key, nodes=nodes, _manifest_file=manifest_file)
+            self._loaded[key] = loaded
+            return loaded
+
+
+def parse_project(ref: DbtProjectRef) -> Any:
+    """Run `dbt parse` in-process and return dbt's Manifest, or raise a one-line DbtProjectError."""
+    if not (ref.profiles_dir / "profiles.yml").is_file():
+        raise DbtProjectError(
+            f"no profiles.yml in {ref.profiles_dir}",
+            hint="create it (see README) or point DBT_PROFILES_DIR / mage_dbt.yaml profiles_dir at it",
+        )
+    check_profile(ref)
+    result = invoke_dbt(
+        ["parse", *ref.base_args(), "--log-level", "none", "--no-partial-parse"],
+        invocation_log=ref.invocation_log,
+    )
+    if not result.success or result.result is None:
+        reason = error_text(result) or "dbt parse failed"
+        raise DbtProjectError(
+            f"dbt project '{ref.name}' ({ref.project_dir}) does not parse: {reason}",
+            hint=f"fix the project, then check with: dbt parse --project-dir {ref.project_dir}",
+        )
+    return result.result
+
+
+def check_profile(ref: DbtProjectRef) -> None:
+    """Fail early, in one line, when the project's profile or the requested target does not exist."""
+    import yaml
+
+    profiles_file = ref.profiles_dir / "profiles.yml"
+    try:
+        project = yaml.safe_load((ref.project_dir / "dbt_project.yml").read_text()) or {}
+        profiles = yaml.safe_load(profiles_file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise DbtProjectError(f"cannot read {profiles_file} or dbt_project.yml: {exc}".splitlines()[0]) from None
+    profile_name = project.get("profile")
+    profile = profiles.get(profile_name) if isinstance(profiles, dict) else None
+    if not isinstance(profile, dict):
+        raise DbtProjectError(
+            f"profile '{profile_name}' (from {ref.project_dir / 'dbt_project.yml'}) is not in {profiles_file}",
+            hint=f"add it to profiles.yml; profiles there: {', '.join(k for k in profiles if k != 'config') or 'none'}",
+        )
+    targets = sorted((profile.get("outputs") or {}).keys())
+    if ref.target and ref.target not in targets:
+        raise DbtProjectError(
+            f"unknown target '{ref.target}' for profile '{profile_name}' in {profiles_file}",
+            hint=f"use one of: {', '.join(targets)}",
+        )
+
+
+def _write_cache(folder: Path, manifest: Any, manifest_json: Path) -> None:
+    """Write both pickles atomically (temp files + rename), so readers never see half a cache."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if manifest_json.is_file():
+        nodes = nodes_from_manifest_dict(json.loads(manifest_json.read_text()))
+    else:
+        nodes = nodes_from_manifest_dict(manifest.writable_manifest().to_dict(omit_none=False))
+    for name, payload in (("manifest.pkl", manifest), ("nodes.pkl", nodes)):
+        tmp = folder / f".{name}.{os.getpid()}.tmp"
+        tmp.write_bytes(pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
+        os.replace(tmp, folder / name)
+
+
+def load_manifest_json(path: Path) -> dict[str, DbtNode]:
+    """Node index straight from a manifest.json file (the cold path measured in bench/)."""
+    return nodes_from_manifest_dict(json.loads(path.read_text()))
+
+
+DEFAULT_CACHE = ManifestCache()
+
+
+def load_manifest(ref: DbtProjectRef) -> LoadedManifest:
+    """Load (parse at most once per revision and target) the manifest of `ref`."""
+    return DEFAULT_CACHE.load(ref)

@@ -1,0 +1,250 @@
+"""Pipelines: a pipeline file plus a manifest become a validated DAG of blocks and execution units.
+
+Edges come from the manifest's `depends_on`, from explicit `upstream:` and from inference between
+Python/SQL blocks and dbt relations (`mage_dbt.edges`). Consecutive dbt blocks of one dbt project
+that form a connected part of the DAG are grouped into one *unit*, which runs as ONE dbt
+invocation; every other block is a unit of its own. Units are returned in an executable order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import networkx as nx
+
+from mage_dbt.blocks import Block, DbtBlockTranslator
+from mage_dbt.errors import ConfigError, SelectionError
+from mage_dbt.manifest import DbtProjectRef, LoadedManifest, load_manifest
+from mage_dbt.pipeline_spec import PipelineSpec, load_pipeline_spec
+from mage_dbt.settings import ProjectSettings
+
+MODEL_ONLY_TYPES = ("model",)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """What the runner executes in one step: a dbt group or a single non-dbt block."""
+
+    id: str
+    kind: str  # "dbt_group" or the block kind
+    blocks: tuple[str, ...]
+    dbt_project: str | None = None
+
+
+@dataclass
+class Pipeline:
+    """A resolved pipeline: its spec, blocks, DAG, units and the manifest it was built from."""
+
+    spec: PipelineSpec
+    blocks: dict[str, Block]
+    graph: nx.DiGraph
+    units: list[Unit]
+    manifest: LoadedManifest | None = None
+    dbt_ref: DbtProjectRef | None = None
+    unit_of: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def downstream_of(self, names: set[str]) -> set[str]:
+        out: set[str] = set()
+        for name in names:
+            out |= nx.descendants(self.graph, name)
+        return out
+
+
+def dbt_project_ref(settings: ProjectSettings, spec: PipelineSpec, target: str | None) -> DbtProjectRef:
+    project = (spec.dbt.project if spec.dbt else None) or settings.file.default_dbt_project
+    return DbtProjectRef(
+        name=project,
+        project_dir=settings.dbt_project_dir(project),
+        profiles_dir=settings.profiles_dir,
+        data_dir=settings.data_dir,
+        target=target or spec.target,
+    )
+
+
+def load_pipeline(
+    settings: ProjectSettings,
+    name: str,
+    *,
+    target: str | None = None,
+    select: list[str] | None = None,
+    translator: DbtBlockTranslator | None = None,
+    dbt_ref: DbtProjectRef | None = None,
+) -> Pipeline:
+    """Read `flows/<name>.yaml` and resolve it against the (cached) manifest."""
+    spec = load_pipeline_spec(settings.flows_dir, name)
+    return build_pipeline(settings, spec, target=target, select=select, translator=translator, dbt_ref=dbt_ref)
+
+
+def build_pipeline(
+    settings: ProjectSettings,
+    spec: PipelineSpec,
+    *,
+    target: str | None = None,
+    select: list[str] | None = None,
+    translator: DbtBlockTranslator | None = None,
+    dbt_ref: DbtProjectRef | None = None,
+) -> Pipeline:
+    translator = translator or DbtBlockTranslator()
+    blocks: dict[str, Block] = {}
+    loaded = None
+    ref = None
+    if spec.dbt is not None:
+        settings.export_environment()
+        ref = dbt_ref or dbt_project_ref(settings, spec, target)
+        loaded = load_manifest(ref)
+        chosen = loaded.select(spec.dbt.select, spec.dbt.exclude)
+        if spec.dbt.command == "run":
+            chosen = {u for u in chosen if loaded.nodes[u].resource_type in MODEL_ONLY_TYPES}
+        if not chosen:
+            raise SelectionError(
+                f"pipeline '{spec.name}': dbt selector select={spec.dbt.select} exclude={spec.dbt.exclude} "
+                f"matches no node of dbt project '{ref.name}'",
+                hint=f"check the names with `mage-dbt blocks {spec.name}` or dbt ls --select ...",
+            )
+        blocks.update(translator.blocks((loaded.nodes[u] for u in chosen), ref.name))
+    for block_spec in spec.blocks:
+        if block_spec.name in blocks:
+            raise ConfigError(
+                f"pipeline '{spec.name}': block name '{block_spec.name}' is used twice (or clashes with a dbt node)",
+                hint="give the block a unique name",
+            )
+        blocks[block_spec.name] = Block(
+            name=block_spec.name,
+            kind=block_spec.type,
+            upstream=tuple(block_spec.upstream),
+            spec=block_spec,
+            dbt_project=ref.name if ref else None,
+        )
+    _check_upstreams(spec, blocks)
+    graph = _graph(blocks)
+    for up, down in _inferred_edges(settings, spec, blocks, loaded):
+        graph.add_edge(up, down)
+    _reject_cycles(spec, graph)
+    blocks = {n: _with_upstream(b, graph) for n, b in blocks.items()}
+    units = group_units(blocks, graph)
+    pipeline = Pipeline(spec=spec, blocks=blocks, graph=graph, units=units, manifest=loaded, dbt_ref=ref)
+    pipeline.unit_of = {b: u.id for u in units for b in u.blocks}
+    if select:
+        return restrict(pipeline, set(select))
+    return pipeline
+
+
+def _check_upstreams(spec: PipelineSpec, blocks: dict[str, Block]) -> None:
+    for block in blocks.values():
+        for up in block.upstream:
+            if up not in blocks:
+                raise ConfigError(
+                    f"pipeline '{spec.name}': block '{block.name}' names unknown upstream '{up}'",
+                    hint=f"known blocks: {', '.join(sorted(blocks)[:12])}{' ...' if len(blocks) > 12 else ''}",
+                )
+
+
+def _graph(blocks: dict[str, Block]) -> nx.DiGraph:
+    graph = nx.DiGraph()
+    graph.add_nodes_from(blocks)
+    for block in blocks.values():
+        graph.add_edges_from((up, block.name) for up in block.upstream)
+    return graph
+
+
+def _inferred_edges(settings, spec, blocks, loaded) -> set[tuple[str, str]]:
+    from mage_dbt.edges import infer_edges
+
+    return infer_edges(settings, spec, blocks, loaded)
+
+
+def _reject_cycles(spec: PipelineSpec, graph: nx.DiGraph) -> None:
+    try:
+        cycle = nx.find_cycle(graph)
+    except nx.NetworkXNoCycle:
+        return
+    path = " -> ".join([edge[0] for edge in cycle] + [cycle[0][0]])
+    raise ConfigError(f"pipeline '{spec.name}' has a cycle: {path}", hint="remove one of these upstream links")
+
+
+def _with_upstream(block: Block, graph: nx.DiGraph) -> Block:
+    from dataclasses import replace
+
+    ups = tuple(sorted(graph.predecessors(block.name)))
+    return block if ups == block.upstream else replace(block, upstream=ups)
+
+
+def group_units(blocks: dict[str, Block], graph: nx.DiGraph) -> list[Unit]:
+    """Group dbt blocks into single invocations without creating cycles between units.
+
+    A dbt block's *stage* is the largest number of non-dbt blocks on any path reaching it. Two dbt
+    blocks of one project and one stage that are connected through dbt blocks of that stage share a
+    unit; a path leaving a stage passes a non-dbt block, so the unit graph stays acyclic.
+    """
+    stage: dict[str, int] = {}
+    for name in nx.topological_sort(graph):
+        preds = list(graph.predecessors(name))
+        stage[name] = max(
+            (stage[p] + (0 if blocks[p].is_dbt_node else 1) for p in preds), default=0
+        )
+    dbt_nodes = [n for n in graph if blocks[n].is_dbt_node]
+    same_group = nx.Graph()
+    same_group.add_nodes_from(dbt_nodes)
+    for up, down in graph.edges:
+        if (
+            blocks[up].is_dbt_node
+            and blocks[down].is_dbt_node
+            and stage[up] == stage[down]
+            and blocks[up].dbt_project == blocks[down].dbt_project
+        ):
+            same_group.add_edge(up, down)
+    unit_of: dict[str, str] = {}
+    members: dict[str, list[str]] = {}
+    for index, component in enumerate(
+        sorted(nx.connected_components(same_group), key=lambda c: (min(stage[n] for n in c), sorted(c)[0]))
+    ):
+        unit_id = f"dbt_group_{index + 1}"
+        members[unit_id] = sorted(component)
+        for name in component:
+            unit_of[name] = unit_id
+    for name, block in blocks.items():
+        if not block.is_dbt_node:
+            unit_of[name] = name
+            members[name] = [name]
+    unit_graph = nx.DiGraph()
+    unit_graph.add_nodes_from(members)
+    unit_graph.add_edges_from(
+        (unit_of[u], unit_of[v]) for u, v in graph.edges if unit_of[u] != unit_of[v]
+    )
+    order = list(nx.lexicographical_topological_sort(unit_graph))
+    units = []
+    for unit_id in order:
+        first = blocks[members[unit_id][0]]
+        kind = "dbt_group" if first.is_dbt_node else first.kind
+        units.append(Unit(id=unit_id, kind=kind, blocks=tuple(members[unit_id]), dbt_project=first.dbt_project))
+    return units
+
+
+def restrict(pipeline: Pipeline, names: set[str]) -> Pipeline:
+    """The same pipeline limited to `names` (used by retry and by `--select` on runs)."""
+    unknown = names - set(pipeline.blocks)
+    if unknown:
+        raise SelectionError(
+            f"pipeline '{pipeline.name}' has no block named {', '.join(sorted(unknown))}",
+            hint=f"list the blocks with `mage-dbt blocks {pipeline.name}`",
+        )
+    sub = pipeline.graph.subgraph(names).copy()
+    blocks = {n: _with_upstream(pipeline.blocks[n], sub) for n in names}
+    units = group_units(blocks, sub)
+    restricted = Pipeline(
+        spec=pipeline.spec, blocks=blocks, graph=sub, units=units,
+        manifest=pipeline.manifest, dbt_ref=pipeline.dbt_ref,
+    )
+    restricted.unit_of = {b: u.id for u in units for b in u.blocks}
+    return restricted
+
+
+def pipeline_file(settings: ProjectSettings, name: str) -> Path:
+    from mage_dbt.pipeline_spec import pipeline_path
+
+    return pipeline_path(settings.flows_dir, name)

@@ -1,0 +1,166 @@
+"""The pipeline file format: `flows/<name>.yaml`, validated with pydantic, errors with file and line.
+
+```yaml
+description: Daily shop analytics
+dbt:
+  project: demo            # folder under dbt_projects/ (default: mage_dbt.yaml default_dbt_project)
+  select: ["+fct_orders"]  # dbt selector syntax; string or list
+  exclude: []
+  command: build           # build: models, seeds, snapshots, tests; run: models only
+vars: {}                   # extra dbt vars for every run
+target: null               # dbt target (default: the profile's default)
+timezone: UTC              # of execution dates given without an offset
+blocks:                    # Python, SQL and generic dbt command blocks
+  - name: load_orders
+    type: python
+    file: flows/demo/load_orders.py
+    upstream: []
+```
+Later features add their own keys (schedules, on_drift, sync_on_run); unknown top-level keys are
+rejected so typos surface.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mage_dbt.errors import ConfigError, PipelineNotFound
+
+BLOCK_TYPES = ("python", "sql", "dbt_command")
+
+
+def _as_list(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value]
+
+
+class DbtSelection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    project: str | None = None
+    select: list[str] | None = None
+    exclude: list[str] | None = None
+    command: Literal["build", "run"] = "build"
+
+    _lists = field_validator("select", "exclude", mode="before")(lambda cls, v: _as_list(v))
+
+
+class BlockSpec(BaseModel):
+    """A non-dbt block; kind-specific keys are validated by the block's runner."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+    type: Literal["python", "sql", "dbt_command"]
+    file: str | None = None
+    upstream: list[str] = Field(default_factory=list)
+
+    _upstream = field_validator("upstream", mode="before")(lambda cls, v: _as_list(v) or [])
+
+    def option(self, key: str, default: Any = None) -> Any:
+        return (self.model_extra or {}).get(key, default)
+
+
+class ScheduleSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cron: str | None = None
+    interval_seconds: int | None = Field(default=None, gt=0)
+    timezone: str = "UTC"
+    active: bool = True
+
+
+class PipelineSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str = ""
+    dbt: DbtSelection | None = None
+    vars: dict[str, Any] = Field(default_factory=dict)
+    target: str | None = None
+    timezone: str = "UTC"
+    interval: Literal["hour", "day", "week", "month"] = "day"
+    tags: list[str] = Field(default_factory=list)
+    schedule: ScheduleSpec | None = None
+    full_refresh_schedule: ScheduleSpec | None = None
+    on_drift: Literal["fail", "full_refresh", "warn"] = "fail"
+    sync_on_run: bool = False
+    blocks: list[BlockSpec] = Field(default_factory=list)
+
+    def block_spec(self, name: str) -> BlockSpec | None:
+        return next((b for b in self.blocks if b.name == name), None)
+
+
+def pipeline_path(flows_dir: Path, name: str) -> Path:
+    path = flows_dir / f"{name}.yaml"
+    if not path.is_file():
+        alt = flows_dir / f"{name}.yml"
+        if alt.is_file():
+            return alt
+        known = sorted(p.stem for p in flows_dir.glob("*.y*ml")) if flows_dir.is_dir() else []
+        raise PipelineNotFound(
+            f"unknown pipeline '{name}': no {path}",
+            hint=f"available pipelines: {', '.join(known) or 'none'} (create flows/{name}.yaml)",
+        )
+    return path
+
+
+def list_pipelines(flows_dir: Path) -> list[str]:
+    return sorted(p.stem for p in flows_dir.glob("*.y*ml")) if flows_dir.is_dir() else []
+
+
+def load_pipeline_spec(flows_dir: Path, name: str) -> PipelineSpec:
+    """Read and validate `flows/<name>.yaml`; errors name the file and line."""
+    path = pipeline_path(flows_dir, name)
+    text = path.read_text()
+    try:
+        root = yaml.compose(text)
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(
+            f"{where}: malformed YAML: {getattr(exc, 'problem', None) or exc}",
+            hint="fix the indentation/quoting at that line",
+        ) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}:1: a pipeline file must be a mapping of keys", hint="see README")
+    raw.setdefault("name", name)
+    try:
+        return PipelineSpec.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = [p for p in err["loc"] if not isinstance(p, str) or not p.startswith("function-")]
+        line = _line_of(root, loc)
+        field = ".".join(str(p) for p in loc) or "(top level)"
+        raise ConfigError(
+            f"{path}:{line}: '{field}': {err['msg']}",
+            hint="see the pipeline file format in README",
+        ) from None
+
+
+def _line_of(node: Any, loc: list[Any]) -> int:
+    """The 1-based line of the YAML node at `loc` (or of its deepest existing parent)."""
+    line = (node.start_mark.line + 1) if node is not None else 1
+    for part in loc:
+        child = None
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if key.value == str(part):
+                    child = value
+                    line = key.start_mark.line + 1
+                    break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            child = node.value[part]
+            line = child.start_mark.line + 1
+        if child is None:
+            break
+        node = child
+    return line

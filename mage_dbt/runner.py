@@ -1,0 +1,200 @@
+"""Run a resolved pipeline: units in DAG order, failures skip their downstream, results summarised.
+
+A dbt group runs as one invocation through a `DbtExecutor`; Python, SQL and dbt command blocks run
+through the runner registered for their kind (`mage_dbt.block_runners`). A block whose upstream
+failed or was skipped is reported as skipped (never silently missing); independent branches still
+run. Every block gets a Prefect task run through the `TaskRunReporter` when one is given.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from mage_dbt.block_runners import BlockEnv, run_block
+from mage_dbt.context import RunContext
+from mage_dbt.dbt_executor import DbtExecutor, InProcessDbtExecutor
+from mage_dbt.dbt_invocation import NodeResult
+from mage_dbt.pipeline import Pipeline, Unit
+from mage_dbt.settings import ProjectSettings
+from mage_dbt.task_runs import TaskRunReporter
+
+LOG = logging.getLogger("mage_dbt.runner")
+
+SUCCESS, FAILED, SKIPPED = "success", "failed", "skipped"
+
+
+@dataclass
+class BlockResult:
+    name: str
+    kind: str
+    status: str
+    message: str | None = None
+    seconds: float = 0.0
+    rows: int | None = None
+    dbt_status: str | None = None
+    unique_id: str | None = None
+
+
+@dataclass
+class RunSummary:
+    pipeline: str
+    execution_date: str
+    results: dict[str, BlockResult] = field(default_factory=dict)
+    dbt_invocations: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return all(r.status == SUCCESS for r in self.results.values())
+
+    def names(self, status: str) -> list[str]:
+        return sorted(n for n, r in self.results.items() if r.status == status)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pipeline": self.pipeline,
+            "execution_date": self.execution_date,
+            "dbt_invocations": self.dbt_invocations,
+            "results": {n: asdict(r) for n, r in self.results.items()},
+        }
+
+
+class _BlockListener:
+    """Maps dbt node events onto block results and Prefect task runs."""
+
+    def __init__(self, pipeline: Pipeline, summary: RunSummary, reporter: TaskRunReporter | None) -> None:
+        self._pipeline = pipeline
+        self._summary = summary
+        self._reporter = reporter
+        self._names = {b.unique_id: b.name for b in pipeline.blocks.values() if b.unique_id}
+
+    def node_started(self, unique_id: str) -> None:
+        block = self._pipeline.blocks[self._names[unique_id]]
+        if self._reporter:
+            self._reporter.started(block.name, kind=block.kind, upstream=block.upstream)
+
+    def node_finished(self, result: NodeResult) -> None:
+        block = self._pipeline.blocks[self._names[result.unique_id]]
+        status = SUCCESS if result.ok else SKIPPED if result.skipped else FAILED
+        message = result.message
+        if status == SKIPPED:
+            message = "skipped by dbt: an upstream node failed"
+        self._summary.results[block.name] = BlockResult(
+            name=block.name, kind=block.kind, status=status, message=message,
+            seconds=round(result.execution_time, 3), rows=result.rows_affected,
+            dbt_status=result.status, unique_id=result.unique_id,
+        )
+        if self._reporter:
+            self._report(block, status, result, message)
+
+    def _report(self, block, status, result: NodeResult, message) -> None:
+        assert self._reporter is not None
+        detail = f"dbt {result.status} in {result.execution_time:.2f}s"
+        if result.rows_affected is not None:
+            detail += f", {result.rows_affected} rows"
+        if message:
+            detail += f": {message}"
+        self._reporter.log(block.name, detail, logging.INFO if status == SUCCESS else logging.ERROR)
+        if status == SKIPPED:
+            self._reporter.finished(block.name, ok=False, message=message, name="Skipped", skipped=True)
+        else:
+            self._reporter.finished(block.name, ok=status == SUCCESS, message=message,
+                                    name="Warn" if result.status == "warn" else None)
+
+
+class PipelineRunner:
+    """Executes one pipeline run for one context."""
+
+    def __init__(
+        self,
+        settings: ProjectSettings,
+        pipeline: Pipeline,
+        context: RunContext,
+        *,
+        reporter: TaskRunReporter | None = None,
+        executor: DbtExecutor | None = None,
+        full_refresh_nodes: set[str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.context = context
+        self.reporter = reporter
+        self.executor = executor or InProcessDbtExecutor()
+        self.summary = RunSummary(pipeline=pipeline.name, execution_date=context.date_vars()["execution_date"])
+        self.outputs: dict[str, Any] = {}
+
+    def run(self) -> RunSummary:
+        for unit in self.pipeline.units:
+            blocked = self._blocked(unit)
+            for name in sorted(blocked):
+                self._skip(name, blocked[name])
+            todo = [b for b in unit.blocks if b not in blocked]
+            if not todo:
+                continue
+            if unit.kind == "dbt_group":
+                self._run_dbt(unit, todo)
+            else:
+                self._run_block(todo[0])
+        return self.summary
+
+    def _blocked(self, unit: Unit) -> dict[str, str]:
+        """Blocks of `unit` that cannot run, with the upstream block that stops them."""
+        bad = {n for n, r in self.summary.results.items() if r.status != SUCCESS}
+        blocked: dict[str, str] = {}
+        order = [n for n in self._topo() if n in unit.blocks]
+        for name in order:
+            for up in self.pipeline.blocks[name].upstream:
+                if up in bad or up in blocked:
+                    blocked[name] = up
+                    break
+        return blocked
+
+    def _topo(self) -> list[str]:
+        if not hasattr(self, "_order"):
+            import networkx as nx
+
+            self._order = list(nx.topological_sort(self.pipeline.graph))
+        return self._order
+
+    def _skip(self, name: str, because: str) -> None:
+        block = self.pipeline.blocks[name]
+        reason = f"upstream block '{because}' did not succeed"
+        self.summary.results[name] = BlockResult(name=name, kind=block.kind, status=SKIPPED, message=reason,
+                                                 unique_id=block.unique_id)
+        if self.reporter:
+            self.reporter.skipped(name, kind=block.kind, reason=reason)
+
+    def _run_dbt(self, unit: Unit, todo: list[str]) -> None:
+        assert self.pipeline.manifest is not None
+        ids = [self.pipeline.blocks[n].unique_id for n in todo]
+        listener = _BlockListener(self.pipeline, self.summary, self.reporter)
+        self.executor.run_nodes(
+            self.pipeline.manifest, ids, context=self.context, listener=listener,
+            command="build", full_refresh=self.context.full_refresh,
+        )
+        self.summary.dbt_invocations += 1
+
+    def _run_block(self, name: str) -> None:
+        block = self.pipeline.blocks[name]
+        if self.reporter:
+            self.reporter.started(name, kind=block.kind, upstream=block.upstream)
+        env = BlockEnv(settings=self.settings, pipeline=self.pipeline, context=self.context,
+                       outputs=self.outputs, reporter=self.reporter)
+        started = time.perf_counter()
+        try:
+            outcome = run_block(block, env)
+            status, message = SUCCESS, outcome.message
+            self.outputs[name] = outcome.output
+            rows = outcome.rows
+        except Exception as exc:  # a block's failure is a result, not a crash of the run
+            status, message, rows = FAILED, " ".join(str(exc).split()) or type(exc).__name__, None
+            LOG.debug("block %s failed", name, exc_info=True)
+        seconds = round(time.perf_counter() - started, 3)
+        self.summary.results[name] = BlockResult(name=name, kind=block.kind, status=status, message=message,
+                                                 seconds=seconds, rows=rows)
+        if self.reporter:
+            if message:
+                self.reporter.log(name, message, logging.INFO if status == SUCCESS else logging.ERROR)
+            self.reporter.finished(name, ok=status == SUCCESS, message=message)
