@@ -123,15 +123,18 @@ class Interval:
 
 
 def interval_for(
-    execution_date: str | date | datetime, unit: str = "day", tz: str = "UTC"
+    execution_date: str | date | datetime, unit: str = "day", tz: str | None = None
 ) -> Interval:
-    """The `unit` interval that contains `execution_date`, in the execution date's timezone.
+    """The `unit` interval that contains `execution_date`.
 
-    Strings, dates and naive datetimes are read with `parse_execution_date(value, tz)`.
+    With `tz`, the interval is computed in that timezone (naive values are read there, aware ones
+    converted). Without it, naive values are UTC and aware ones keep their own timezone.
     Weeks are ISO weeks (Monday to Monday), months are calendar months.
     """
     _check_unit(unit)
-    moment = parse_execution_date(execution_date, tz)
+    moment = parse_execution_date(execution_date, tz or "UTC")
+    if tz is not None:
+        moment = moment.astimezone(get_timezone(tz))
     start = _floor(moment, unit)
     return Interval(start, _next_start(start, unit))
 

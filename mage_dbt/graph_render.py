@@ -80,7 +80,9 @@ def _build_graph(nodes: Sequence[GraphNode]) -> nx.DiGraph:
     except nx.NetworkXNoCycle:
         return graph
     path = " -> ".join([edge[0] for edge in cycle] + [cycle[0][0]])
-    raise ConfigError(f"pipeline graph has a cycle: {path}", hint="remove one of these upstream links")
+    raise ConfigError(
+        f"pipeline graph has a cycle: {path}", hint="remove one of these upstream links"
+    )
 
 
 def _layers(graph: nx.DiGraph) -> dict[str, int]:
@@ -119,20 +121,16 @@ def _order(graph: nx.DiGraph, layer: dict[str, int], index: dict[str, int]) -> l
         columns[i] = [n for b in ordered for n in sorted(blocks[b], key=lambda n: (key[n], pos[n]))]
         pos.update({n: j - (len(columns[i]) - 1) / 2 for j, n in enumerate(columns[i])})
 
-    last = len(columns) - 1
-    for sweep in range(6):
+    for sweep in range(6):  # down, up, down; then again with the group order fixed
         if sweep == 3:
             members: dict[str, list[float]] = defaultdict(list)
             for n, group in graph.nodes(data="group"):
                 if group is not None:
                     members[group].append(pos[n])
             rank.update({group: fmean(ys) for group, ys in members.items()})
-        if sweep % 2 == 0:
-            for i in range(last + 1):
-                sort_column(i, graph.predecessors)
-        else:
-            for i in range(last, -1, -1):
-                sort_column(i, graph.successors)
+        forward = sweep % 2 == 0
+        for i in range(len(columns)) if forward else reversed(range(len(columns))):
+            sort_column(i, graph.predecessors if forward else graph.successors)
     return columns
 
 
@@ -244,18 +242,21 @@ def _svg(nodes: list[GraphNode], *, legend: bool, title: str | None, xmlns: bool
     if title:
         out.append(f"<title>{_esc(title)}</title>")
     out.append(f"<style>{_SVG_CSS}</style><defs>")
-    for marker, colour in (("arrow", "#94a3b8"), ("arrow-hl", "#0f172a")):
+    out += [
+        f'<marker id="{marker}" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" '
+        f'markerHeight="7" orient="auto"><path d="M0,0L10,5L0,10z" fill="{colour}"/></marker>'
+        for marker, colour in (("arrow", "#94a3b8"), ("arrow-hl", "#0f172a"))
+    ]
+    out.append('</defs><g class="legend">')
+    x = float(MARGIN)
+    for fill, stroke, label, kind in _legend(nodes) if legend else ():
         out.append(
-            f'<marker id="{marker}" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" '
-            f'markerHeight="7" orient="auto-start-reverse"><path d="M0,0L10,5L0,10z" '
-            f'fill="{colour}"/></marker>'
+            f'<rect x="{x:.0f}" y="{MARGIN}" width="14" height="14" rx="3" fill="{fill}" '
+            f'stroke="{stroke}" data-kind="{_esc(kind)}"/><text x="{x + 20:.0f}" '
+            f'y="{MARGIN + 11}" font-size="12" fill="#334155">{_esc(label)}</text>'
         )
-    out.append("</defs>")
-    if legend:
-        out.append(_svg_legend(nodes))
-    out.extend(body)
-    out.append("</svg>")
-    return "\n".join(out)
+        x += 36 + len(label) * CHAR_W
+    return "\n".join([*out, "</g>", *body, "</svg>"])
 
 
 def _body(graph: nx.DiGraph, nodes: list[GraphNode], lay: _Layout) -> list[str]:
@@ -271,18 +272,20 @@ def _body(graph: nx.DiGraph, nodes: list[GraphNode], lay: _Layout) -> list[str]:
                     f'<polygon class="group-link" points="{xa:.1f},{a[1]:.1f} {xb:.1f},{b[1]:.1f} '
                     f'{xb:.1f},{b[1] + b[3]:.1f} {xa:.1f},{a[1] + a[3]:.1f}"'
                 )
+        name = _esc(group)
         shapes += [
-            f'<rect class="group-box" data-group="{_esc(group)}" x="{x:.1f}" y="{y:.1f}" '
+            f'<rect class="group-box" data-group="{name}" x="{x:.1f}" y="{y:.1f}" '
             f'width="{w:.1f}" height="{h:.1f}" rx="10"'
             for x, y, w, h in boxes
         ]
-        out.append(f'<g class="group" data-group="{_esc(group)}"><title>dbt group: {_esc(group)}</title>')
+        out.append(f'<g class="group" data-group="{name}"><title>dbt group: {name}</title>')
         # stroke pass then fill pass: only the outline of the union of the shapes stays visible
         out += [f'{s} fill="{fill}" stroke="{stroke}" stroke-width="3"/>' for s in shapes]
         out += [f'{s} fill="{fill}"/>' for s in shapes]
         if group in lay.label_at:
             x, y, w = lay.label_at[group]
-            out.append(f'<text class="group-label" x="{x + 4:.1f}" y="{y:.1f}">{_esc(_fit(group, w, 7.2))}</text>')
+            label = _esc(_fit(group, w, 7.2))
+            out.append(f'<text class="group-label" x="{x + 4:.1f}" y="{y:.1f}">{label}</text>')
         out.append("</g>")
     out.append('</g><g class="edges">')
     for up, down in graph.edges:
@@ -292,7 +295,8 @@ def _body(graph: nx.DiGraph, nodes: list[GraphNode], lay: _Layout) -> list[str]:
         dx = max(30.0, (x2 - x1) / 2)
         out.append(
             f'<path class="edge" data-s="{ids[up]}" data-t="{ids[down]}" '
-            f'd="M{x1:.1f},{y1:.1f} C{x1 + dx:.1f},{y1:.1f} {x2 - dx:.1f},{y2:.1f} {x2:.1f},{y2:.1f}"/>'
+            f'd="M{x1:.1f},{y1:.1f} C{x1 + dx:.1f},{y1:.1f} {x2 - dx:.1f},{y2:.1f} '
+            f'{x2:.1f},{y2:.1f}"/>'
         )
     out.append('</g><g class="nodes">')
     for node in nodes:
@@ -304,8 +308,9 @@ def _body(graph: nx.DiGraph, nodes: list[GraphNode], lay: _Layout) -> list[str]:
             f'data-name="{_esc(node.name)}"><title>{_esc(info)}</title>'
             f'<rect x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}" rx="6" '
             f'fill="{fill}" stroke="{stroke}"/>'
-            f'<text class="kind" x="{x + 9:.1f}" y="{y + 13:.1f}" fill="{stroke}">{_esc(label)}</text>'
-            f'<text class="name" x="{x + 9:.1f}" y="{y + 29:.1f}">{_esc(_fit(node.name, w, CHAR_W))}</text></g>'
+            f'<text class="kind" x="{x + 9:.1f}" y="{y + 13:.1f}" fill="{stroke}">{_esc(label)}'
+            f'</text><text class="name" x="{x + 9:.1f}" y="{y + 29:.1f}">'
+            f"{_esc(_fit(node.name, w, CHAR_W))}</text></g>"
         )
     out.append("</g>")
     return out
@@ -319,18 +324,6 @@ def _legend(nodes: Sequence[GraphNode]) -> list[tuple[str, str, str, str]]:
     if any(n.group is not None for n in nodes):
         entries.append((*_GROUP_TINTS[0], "dbt group (one dbt invocation)", "group"))
     return entries
-
-
-def _svg_legend(nodes: list[GraphNode]) -> str:
-    out, x = ['<g class="legend">'], float(MARGIN)
-    for fill, stroke, label, kind in _legend(nodes):
-        out.append(
-            f'<rect x="{x:.0f}" y="{MARGIN}" width="14" height="14" rx="3" fill="{fill}" '
-            f'stroke="{stroke}" data-kind="{_esc(kind)}"/><text x="{x + 20:.0f}" '
-            f'y="{MARGIN + 11}" font-size="12" fill="#334155">{_esc(label)}</text>'
-        )
-        x += 36 + len(label) * CHAR_W
-    return "".join(out) + "</g>"
 
 
 _PAGE_CSS = """
@@ -352,10 +345,12 @@ _PAGE_JS = """
   function fit(on){svg.classList.toggle('fit',on);btn.textContent=on?'Actual size':'Fit to width';}
   btn.addEventListener('click',function(){fit(!svg.classList.contains('fit'));});
   fit(svg.width.baseVal.value*0.6<=svg.parentNode.clientWidth);
-  var edges=[].slice.call(svg.querySelectorAll('.edge')),nodes=[].slice.call(svg.querySelectorAll('.node'));
-  var up={},down={};
-  edges.forEach(function(e){var s=e.dataset.s,t=e.dataset.t;(down[s]=down[s]||[]).push(t);(up[t]=up[t]||[]).push(s);});
-  function walk(start,adj){var seen={},stack=[start];while(stack.length){(adj[stack.pop()]||[]).forEach(function(m){if(!seen[m]){seen[m]=1;stack.push(m);}});}return seen;}
+  var edges=[].slice.call(svg.querySelectorAll('.edge')),up={},down={};
+  var nodes=[].slice.call(svg.querySelectorAll('.node'));
+  edges.forEach(function(e){var s=e.dataset.s,t=e.dataset.t;
+    (down[s]=down[s]||[]).push(t);(up[t]=up[t]||[]).push(s);});
+  function walk(start,adj){var seen={},stack=[start];while(stack.length){
+    (adj[stack.pop()]||[]).forEach(function(m){if(!seen[m]){seen[m]=1;stack.push(m);}});}return seen;}
   nodes.forEach(function(node){
     node.addEventListener('mouseenter',function(){
       var id=node.id,a=walk(id,up),d=walk(id,down);
@@ -363,7 +358,8 @@ _PAGE_JS = """
       nodes.forEach(function(n){n.classList.toggle('hl',n.id===id||!!a[n.id]||!!d[n.id]);});
       edges.forEach(function(e){var s=e.dataset.s,t=e.dataset.t;
         e.classList.toggle('hl',!!((a[s]&&(t===id||a[t]))||(d[t]&&(s===id||d[s]))));});
-      info.textContent=node.dataset.name+' \\u2014 '+Object.keys(a).length+' upstream, '+Object.keys(d).length+' downstream';
+      info.textContent=node.dataset.name+' \\u2014 '+Object.keys(a).length+' upstream, '+
+        Object.keys(d).length+' downstream';
     });
     node.addEventListener('mouseleave',function(){
       svg.classList.remove('focus');node.classList.remove('self');info.textContent='';
