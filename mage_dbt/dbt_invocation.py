@@ -77,6 +77,7 @@ def invoke_dbt(
     from dbt.cli.main import dbtRunner
 
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
     with _DBT_LOCK:
         started = time.perf_counter()
         result = dbtRunner(manifest=manifest, callbacks=list(callbacks)).invoke(args)
