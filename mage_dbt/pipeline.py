@@ -130,8 +130,30 @@ def build_pipeline(
     pipeline = Pipeline(spec=spec, blocks=blocks, graph=graph, units=units, manifest=loaded, dbt_ref=ref)
     pipeline.unit_of = {b: u.id for u in units for b in u.blocks}
     if select:
-        return restrict(pipeline, set(select))
+        return restrict(pipeline, select_blocks(pipeline, select))
     return pipeline
+
+
+def select_blocks(pipeline: Pipeline, selectors: list[str]) -> set[str]:
+    """Block names chosen by `selectors`: a block's own name, or dbt selector syntax over its dbt nodes."""
+    names = {s for s in selectors if s in pipeline.blocks}
+    dbt_selectors = [s for s in selectors if s not in pipeline.blocks]
+    if dbt_selectors:
+        if pipeline.manifest is None:
+            raise SelectionError(
+                f"pipeline '{pipeline.name}' has no block named {', '.join(dbt_selectors)}",
+                hint=f"list the blocks with `mage-dbt blocks {pipeline.name}`",
+            )
+        ids = pipeline.manifest.select(dbt_selectors)
+        by_id = {b.unique_id: n for n, b in pipeline.blocks.items() if b.unique_id}
+        chosen = {by_id[u] for u in ids if u in by_id}
+        if not chosen:
+            raise SelectionError(
+                f"--select {' '.join(dbt_selectors)} matches no block of pipeline '{pipeline.name}'",
+                hint=f"list the blocks with `mage-dbt blocks {pipeline.name}`",
+            )
+        names |= chosen
+    return names
 
 
 def _check_upstreams(spec: PipelineSpec, blocks: dict[str, Block]) -> None:

@@ -22,7 +22,16 @@ app = typer.Typer(
 )
 
 # Each module registers its commands on `app` when imported.
-from mage_dbt.cli import project_cmds, run_cmds  # noqa: E402,F401
+from mage_dbt.cli import (  # noqa: E402,F401
+    backfill_cmds,
+    deploy_cmds,
+    output_cmds,
+    project_cmds,
+    refresh_cmds,
+    retry_cmds,
+    run_cmds,
+    sync_cmds,
+)
 
 
 def main(argv: list[str] | None = None) -> None:
