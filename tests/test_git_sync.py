@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mage_dbt.errors import ConfigError
+from mage_dbt.errors import ConfigError, GitSyncError
 from mage_dbt.git_sync import (
     DestinationConflict,
     LocalEditsError,
@@ -17,6 +17,7 @@ from mage_dbt.git_sync import (
     checkout_revision,
     revision_commit,
     sync,
+    sync_all,
 )
 from tests.gitsync_fixtures import *  # noqa: F401,F403 - fixtures (until conftest registers the plugin)
 from tests.gitsync_fixtures import TINY_PROJECT, git
@@ -233,3 +234,14 @@ def test_checkout_revision_for_one_run_leaves_current_alone(sync_project, make_r
     assert _points_at(sync_project, current)
     assert sync(sync_project.root, validate=light_validator).changed is False
     assert other in sync_project.revisions()  # a fresh one-off checkout survives pruning for a while
+
+
+def test_sync_all_reports_each_failure_and_syncs_the_rest(sync_project, make_remote, light_validator) -> None:
+    good, other = make_remote("good"), make_remote("other")
+    sync_project.configure({"name": "good", "url": good.path}, {"name": "other", "url": other.path, "ref": "gone"})
+    with pytest.raises(GitSyncError, match="1 of 2 repositories failed to sync: other: .*remote ref gone"):
+        sync_all(sync_project.root, validate=light_validator)
+    assert revision_commit(sync_project.link("good")) == good.sha()
+    assert not sync_project.link("other").exists()
+    with pytest.raises(ConfigError, match=r"name the repository to sync \(configured: good, other\)"):
+        sync(sync_project.root)

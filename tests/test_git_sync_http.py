@@ -6,13 +6,15 @@ import base64
 import logging
 import os
 import pickle
+import secrets
 import tempfile
 import traceback
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
-from mage_dbt.errors import GitSyncError
+from mage_dbt.errors import ConfigError, GitSyncError
 from mage_dbt.git_sync import GitCommandFailed, revision_commit, sync
 from tests.git_http_server import GitHttpServer
 from tests.gitsync_fixtures import *  # noqa: F401,F403 - fixtures (until conftest registers the plugin)
@@ -99,6 +101,29 @@ def test_submodules_are_checked_out_with_the_same_credentials(
                            {**_http_repo(git_http_server, remote), "name": "plain"})  # submodules off
     plain = sync(sync_project.root, "plain", validate=light_validator)
     assert plain.commit == with_submodule and not any((sync_project.link("plain") / "shared").iterdir())
+
+
+def test_token_from_a_prefect_secret_block(
+    sync_project, make_remote, git_http_server, http_token, light_validator, monkeypatch
+) -> None:
+    """Uses the Prefect server that tests/conftest.py starts for the test session (on 127.0.0.1)."""
+    if urlsplit(os.environ.get("PREFECT_API_URL", "")).hostname != "127.0.0.1":
+        pytest.skip("no local test Prefect server (tests/conftest.py starts one)")
+    from prefect.blocks.system import Secret
+
+    block = f"gitsync-test-{secrets.token_hex(4)}"
+    Secret(value=http_token).save(block)
+    try:
+        monkeypatch.delenv("GITSYNC_TEST_TOKEN")
+        remote = make_remote()
+        repo = {"name": "tiny", "url": git_http_server.url("tiny.git"), "token_secret_block": block}
+        sync_project.configure(repo)
+        assert sync(sync_project.root, validate=light_validator).commit == remote.sha()
+    finally:
+        Secret.delete(block)
+    sync_project.configure({**repo, "token_secret_block": "gitsync-no-such-block"})
+    with pytest.raises(ConfigError, match="Prefect Secret block 'gitsync-no-such-block' .*could not be loaded"):
+        sync(sync_project.root, validate=light_validator)
 
 
 def _files_containing(root: Path, needles: list[bytes]) -> list[str]:

@@ -51,7 +51,7 @@ def packages_install_dir(project_dir: Path) -> Path | None:
 def deps_needed(cache: CacheRepository, *, old: str | None, new: str, subdirectory: str | None) -> bool:
     """True when the package files differ between `old` and `new` (or `new` is the first and has some)."""
     paths = package_paths(subdirectory)
-    if old is None:
+    if old is None or not cache.has_commit(old):  # first sync, or the old commit is gone (re-cloned)
         return cache.paths_exist(new, paths)
     return old != new and cache.paths_differ(old, new, paths)
 

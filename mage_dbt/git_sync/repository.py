@@ -117,6 +117,9 @@ class CacheRepository:
             raise RefNotFound(f"ref '{ref}' does not name a commit", hint="sync a branch, tag or commit SHA")
         return sha
 
+    def has_commit(self, sha: str) -> bool:
+        return self._commit_of(sha) is not None
+
     def paths_differ(self, old: str, new: str, paths: list[str]) -> bool:
         return bool(self._git.run("diff", "--name-only", old, new, "--", *paths, cwd=self.path).strip())
 

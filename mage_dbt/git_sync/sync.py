@@ -24,7 +24,7 @@ from mage_dbt.git_sync.dependencies import carry_over_packages, deps_needed, exc
 from mage_dbt.git_sync.errors import LocalEditsError, RevisionInvalid
 from mage_dbt.git_sync.gitcmd import GitRunner
 from mage_dbt.git_sync.layout import MARKER_FILE, SyncPaths, read_marker, write_marker
-from mage_dbt.git_sync.repository import CacheRepository, _force_rmtree
+from mage_dbt.git_sync.repository import CacheRepository
 
 log = logging.getLogger("mage_dbt.git_sync")
 
@@ -118,7 +118,7 @@ def _run_hook(hook: Callable[[Path], object], path: Path, *, what: str, session:
         problem = session.credentials.scrub(problem)  # last line of defence
         raise RevisionInvalid(
             f"commit {sha[:12]} ({ref}) of '{session.repo.name}' failed {what}: {problem}",
-            hint="the previous revision stays current; fix the dbt project in the repository and sync again",
+            hint="the current revision stays in use; fix the dbt project in the repository and sync again",
         )
 
 
@@ -225,7 +225,7 @@ def sync(
                 log.warning("discarding local edits in %s (force)", paths.link)
                 cache.discard_edits(current_dir, submodules=repo.submodules)
             paths.write_state(current=sha, ref=ref)
-            return SyncResult(repo.name, ref, sha, current, bool(edits), False, paths.link, (paths.link).resolve())
+            return SyncResult(repo.name, ref, sha, current, bool(edits), False, paths.link, paths.link.resolve())
 
         project, needed = _prepare(session, sha, ref, base=current, adhoc=False, force=force,
                                    validate=validate, install_deps=install_deps)
