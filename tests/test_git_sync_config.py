@@ -29,10 +29,14 @@ def test_example_configuration_is_valid() -> None:
     assert url_kind(config.get("marketing").url) == "ssh"
 
 
-def test_defaults() -> None:
+def test_defaults_and_accepted_urls() -> None:
     repo = parse_config({"repositories": [{"name": "x", "url": "/srv/x.git"}]}, "f.yaml").get("x")
     assert (repo.ref, repo.destination_name, repo.subdirectory, repo.submodules, repo.username) == (
         "main", "x", None, False, "x-access-token")
+    urls = ["https://[::1]:8443/a.git", "git@github.com:acme/a.git", "ssh://git@host:2222/a.git",
+            "file:///srv/a.git", "../repos/a.git"]
+    kinds = [url_kind(parse_config({"repositories": [{"name": "x", "url": u}]}, "f.yaml").get("x").url) for u in urls]
+    assert kinds == ["https", "ssh", "ssh", "file", "local"]
 
 
 @pytest.mark.parametrize(
@@ -70,7 +74,8 @@ def test_inline_secrets_are_refused_without_echoing_them(entry: dict, expected: 
         ({"token_env": "T", "ssh_key_path": "k"}, "choose one credential source"),
         ({"ssh_key_path": "~/.ssh/k"}, "ssh_key_path is for SSH URLs"),
         ({"url": "http://git.example.com/a.git", "token_env": "T"}, "token would travel unencrypted"),
-        ({"url": "ext::sh -c evil"}, "must be a git URL"),
+        ({"url": "ext::evil"}, "must be a git URL"),
+        ({"url": "fd::3"}, "must be a git URL"),
     ],
 )
 def test_errors_name_the_file_the_entry_and_the_problem(entry: dict, expected: str) -> None:

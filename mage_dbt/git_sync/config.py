@@ -26,6 +26,7 @@ UrlKind = Literal["https", "http", "ssh", "git", "file", "local"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TRANSPORT = re.compile(r"^[A-Za-z0-9+.-]+::")  # git's `<transport>::<address>` (ext::, fd::, ...)
 _SCP_LIKE = re.compile(r"^(?:[^@/\s]+@)?[^/:\s]+:(?!//)")
 # Prefixes of well-known token formats (GitHub, GitLab, Bitbucket, Slack, OpenAI-style keys).
 _TOKEN_PREFIXES = ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "glpat-", "gldt-", "ATBB", "xox", "sk-")
@@ -94,7 +95,7 @@ class RepositoryConfig(BaseModel):
     @classmethod
     def _url(cls, value: str) -> str:
         value = value.strip()
-        if not value or value.startswith("-") or any(ch.isspace() for ch in value) or "::" in value:
+        if not value or value.startswith("-") or any(ch.isspace() for ch in value) or _TRANSPORT.match(value):
             raise ValueError("must be a git URL (https://, ssh://, git@host:path) or a local path")
         kind = url_kind(value)
         if kind != "local" and "://" in value:

@@ -158,7 +158,11 @@ class GitCredentials:
 
     @property
     def secrets(self) -> tuple[str, ...]:
-        return (self._token,) if self._token else ()
+        """The token, and the basic-auth header value git builds from it."""
+        if not self._token:
+            return ()
+        header = base64.b64encode(f"{self._repo.username}:{self._token}".encode()).decode()
+        return (self._token, header)
 
     def scrub(self, text: str) -> str:
         return scrub(text, self.secrets)

@@ -20,7 +20,7 @@ log = logging.getLogger("mage_dbt.git_sync")
 
 _EXPLAINING_PREFIXES = ("fatal:", "error:", "ssh:", "remote: error", "ERROR:", "Permission denied", "Timeout:")
 _HINTS = (
-    (("Authentication failed", "could not read Username", "could not read Password", "403",
+    (("Authentication failed", "could not read Username", "could not read Password", "returned error: 403",
       "Permission denied", "Host key verification failed"),
      "check the credentials (token_env / token_secret_block / ssh_key_path) and that they grant read access"),
     (("Could not resolve host", "Failed to connect", "Connection refused", "Could not read from remote",
