@@ -21,6 +21,8 @@ from typing import Any
 
 from mage_dbt.dbt_invocation import error_text, invoke_dbt
 from mage_dbt.errors import DbtProjectError, SelectionError
+from mage_dbt.manifest_pickle import FORMAT as PICKLE_FORMAT
+from mage_dbt.manifest_pickle import dumps as pickle_dumps
 from mage_dbt.nodes import DbtNode, nodes_from_manifest_dict
 
 _SKIP_DIRS = {"target", "logs", "dbt_packages", ".git", "__pycache__", ".venv"}
@@ -117,7 +119,7 @@ def project_fingerprint(ref: DbtProjectRef) -> str:
     import dbt.version
 
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"{dbt.version.__version__}|{ref.target}|".encode())
+    digest.update(f"{dbt.version.__version__}|{PICKLE_FORMAT}|{ref.target}|".encode())
     env_names: set[str] = set()
     profiles = ref.profiles_dir / "profiles.yml"
     if profiles.is_file():
@@ -223,7 +225,7 @@ def _write_cache(folder: Path, manifest: Any, manifest_json: Path) -> None:
         nodes = nodes_from_manifest_dict(manifest.writable_manifest().to_dict(omit_none=False))
     for name, payload in (("manifest.pkl", manifest), ("nodes.pkl", nodes)):
         tmp = folder / f".{name}.{os.getpid()}.tmp"
-        tmp.write_bytes(pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
+        tmp.write_bytes(pickle_dumps(payload))  # not pickle.dumps: dbt's Manifest pickling loses fields
         os.replace(tmp, folder / name)
 
 
