@@ -40,24 +40,28 @@ def main(argv: list[str] | None = None) -> None:
     quiet_prefect_console()
     try:
         result = app(args=argv, standalone_mode=False)
+        code = result if isinstance(result, int) else 0
     except MageDbtError as exc:
         err_console.print(f"[bold red]error:[/] {exc.one_line()}", highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
+        code = exc.exit_code
     except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+        code = exc.exit_code
     except click.exceptions.Abort:
         err_console.print("aborted")
-        sys.exit(130)
+        code = 130
     except click.ClickException as exc:
         exc.show()
-        sys.exit(2)
-    _exit(result if isinstance(result, int) else 0)
+        code = 2
+    _exit(code)
 
 
 def _exit(code: int) -> None:
-    """Exit without interpreter teardown: DuckDB's bindings print leak warnings at teardown."""
+    """Run exit handlers (they stop Prefect's temporary server), then skip interpreter teardown,
+    where DuckDB's bindings print reference-leak warnings that mean nothing to users."""
+    import atexit
     import os
 
+    atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
