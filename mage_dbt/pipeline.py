@@ -48,6 +48,11 @@ class Pipeline:
     def name(self) -> str:
         return self.spec.name
 
+    @property
+    def blocks_by_id(self) -> dict[str, str]:
+        """dbt unique id -> block name, for the dbt blocks of this pipeline."""
+        return {b.unique_id: n for n, b in self.blocks.items() if b.unique_id}
+
     def downstream_of(self, names: set[str]) -> set[str]:
         out: set[str] = set()
         for name in names:
@@ -89,6 +94,9 @@ def build_pipeline(
     translator: DbtBlockTranslator | None = None,
     dbt_ref: DbtProjectRef | None = None,
 ) -> Pipeline:
+    from mage_dbt.dbt_command import check_dbt_command_blocks
+
+    check_dbt_command_blocks(settings, spec, target=target or spec.target)  # pre-flight, before any parse
     translator = translator or DbtBlockTranslator()
     blocks: dict[str, Block] = {}
     loaded = None
@@ -199,27 +207,33 @@ def _with_upstream(block: Block, graph: nx.DiGraph) -> Block:
 def group_units(blocks: dict[str, Block], graph: nx.DiGraph) -> list[Unit]:
     """Group dbt blocks into single invocations without creating cycles between units.
 
-    A dbt block's *stage* is the largest number of non-dbt blocks on any path reaching it. Two dbt
-    blocks of one project and one stage that are connected through dbt blocks of that stage share a
-    unit; a path leaving a stage passes a non-dbt block, so the unit graph stays acyclic.
+    A block's *stage* is the largest number of non-dbt blocks on any path reaching it. dbt blocks
+    then move to the latest stage their successors allow (at most a non-dbt successor's stage,
+    at most the latest dbt stage), so that a dbt node not needed by a Python/SQL block joins the
+    dbt nodes downstream of one. All dbt blocks of one project and one stage share a unit: every
+    path between two units passes a non-dbt block or goes to a later stage, so the unit graph
+    stays acyclic.
     """
     stage: dict[str, int] = {}
-    for name in nx.topological_sort(graph):
+    order = list(nx.topological_sort(graph))
+    for name in order:
         preds = list(graph.predecessors(name))
         stage[name] = max(
             (stage[p] + (0 if blocks[p].is_dbt_node else 1) for p in preds), default=0
         )
     dbt_nodes = [n for n in graph if blocks[n].is_dbt_node]
+    last_dbt_stage = max((stage[n] for n in dbt_nodes), default=0)
+    for name in reversed(order):
+        if blocks[name].is_dbt_node:
+            stage[name] = min(
+                (stage[s] for s in graph.successors(name)), default=last_dbt_stage
+            )
     same_group = nx.Graph()
     same_group.add_nodes_from(dbt_nodes)
-    for up, down in graph.edges:
-        if (
-            blocks[up].is_dbt_node
-            and blocks[down].is_dbt_node
-            and stage[up] == stage[down]
-            and blocks[up].dbt_project == blocks[down].dbt_project
-        ):
-            same_group.add_edge(up, down)
+    first_of: dict[tuple[int, str | None], str] = {}
+    for name in dbt_nodes:
+        key = (stage[name], blocks[name].dbt_project)
+        same_group.add_edge(first_of.setdefault(key, name), name)
     unit_of: dict[str, str] = {}
     members: dict[str, list[str]] = {}
     for index, component in enumerate(

@@ -1,0 +1,59 @@
+"""User mistakes on `mage-dbt run`: one line naming the problem and the fix, exit code 2, no
+traceback, and no table touched (the DuckDB file is never even created)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import cli
+
+
+def _broken_yaml(project):
+    (project / "flows" / "broken.yaml").write_text("dbt:\n  select: [\"*\"]\n   command: build\n")
+    return ["run", "broken", "--execution-date", "2024-02-01"], "broken.yaml:3"
+
+
+def _unknown_key(project):
+    (project / "flows" / "typo.yaml").write_text("dbt:\n  select: ['*']\nshedule:\n  cron: '0 6 * * *'\n")
+    return ["run", "typo", "--execution-date", "2024-02-01"], "typo.yaml:3"
+
+
+def _empty_selector(project):
+    (project / "flows" / "empty.yaml").write_text("dbt:\n  select: ['tag:no_such_tag']\n")
+    return ["run", "empty", "--execution-date", "2024-02-01"], "matches no node"
+
+
+def _missing_profiles(project):
+    (project / "profiles.yml").unlink()
+    return ["run", "demo", "--execution-date", "2024-02-01"], "no profiles.yml"
+
+
+def _unparseable_project(project):
+    model = project / "dbt_projects" / "demo" / "models" / "staging" / "stg_orders.sql"
+    model.write_text(model.read_text() + "\n{{ ref('a_model_that_does_not_exist') }}\n")
+    return ["run", "demo", "--execution-date", "2024-02-01"], "does not parse"
+
+
+CASES = {
+    "unknown pipeline": lambda p: (["run", "nope", "--execution-date", "2024-02-01"], "unknown pipeline 'nope'"),
+    "unknown target": lambda p: (["run", "demo", "--execution-date", "2024-02-01", "--target", "prod"], "unknown target 'prod'"),
+    "not a date": lambda p: (["run", "demo", "--execution-date", "2024-02-30"], "is not a date"),
+    "malformed yaml": _broken_yaml,
+    "unknown key": _unknown_key,
+    "selector matches nothing": _empty_selector,
+    "missing profiles.yml": _missing_profiles,
+    "project does not parse": _unparseable_project,
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_gives_one_line_and_touches_nothing(demo_project, case):
+    args, expected = CASES[case](demo_project)
+    result = cli(demo_project, *args)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and expected in lines[0], lines[0]
+    assert " — " in lines[0]  # the message says how to fix it
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (demo_project / ".mage_dbt" / "demo.duckdb").exists()

@@ -1,0 +1,65 @@
+"""Parse once: the manifest is parsed at most once per project revision and target, cached on
+disk for other processes, and invalidated when a project file changes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mage_dbt.manifest import ManifestCache
+from mage_dbt.pipeline import dbt_project_ref, load_pipeline
+from mage_dbt.pipeline_spec import load_pipeline_spec
+from mage_dbt.settings import load_settings
+
+
+def _parses(settings) -> int:
+    log = settings.data_dir / "logs" / "dbt_invocations.jsonl"
+    if not log.exists():
+        return 0
+    return sum(1 for line in log.read_text().splitlines() if json.loads(line)["command"] == "parse")
+
+
+@pytest.fixture
+def settings(demo_project, monkeypatch):
+    monkeypatch.setenv("MAGE_DBT_DATA_DIR", str(demo_project / ".mage_dbt"))
+    return load_settings(demo_project)
+
+
+def test_manifest_parsed_once_then_served_from_cache(settings):
+    spec = load_pipeline_spec(settings.flows_dir, "demo")
+    ref = dbt_project_ref(settings, spec, None)
+    first = ManifestCache().load(ref)
+    assert _parses(settings) == 1
+    kinds = {node.resource_type for node in first.nodes.values()}
+    assert {"model", "seed", "snapshot", "test", "source"} <= kinds | {"source"}
+    assert {"model", "seed", "snapshot", "test"} <= kinds
+
+    # A new cache object behaves like a new process: it reads the on-disk cache, no parse.
+    second = ManifestCache().load(ref)
+    assert second.key == first.key and _parses(settings) == 1
+    assert second.nodes == first.nodes
+
+    # Changing a model changes the key and parses again.
+    model = ref.project_dir / "models" / "staging" / "stg_orders.sql"
+    model.write_text(model.read_text() + "\n-- a comment changes the revision\n")
+    third = ManifestCache().load(ref)
+    assert third.key != first.key and _parses(settings) == 2
+
+
+def test_blocks_follow_manifest_dependencies(settings):
+    pipeline = load_pipeline(settings, "demo")
+    nodes = pipeline.manifest.nodes
+    for block in pipeline.blocks.values():
+        if block.unique_id:
+            expected = {pipeline.blocks_by_id[u] for u in nodes[block.unique_id].depends_on if u in pipeline.blocks_by_id}
+            assert expected <= set(block.upstream), block.name
+    assert "stg_orders" in pipeline.blocks["fct_orders"].upstream
+    assert pipeline.blocks["raw_orders"].kind == "dbt_seed"
+    assert pipeline.blocks["customers_snapshot"].kind == "dbt_snapshot"
+
+
+def test_dbt_selector_syntax_selects_blocks(settings):
+    pipeline = load_pipeline(settings, "demo", select=["+fct_daily_revenue"])
+    assert {"fct_daily_revenue", "stg_orders", "raw_orders"} <= set(pipeline.blocks)
+    assert "dim_customers" not in pipeline.blocks
