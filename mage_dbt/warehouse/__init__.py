@@ -14,16 +14,11 @@ imported lazily, so a DuckDB user never imports the Google client libraries.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mage_dbt.errors import ConfigError
 from mage_dbt.warehouse.base import WRITE_MODES, Warehouse, WriteMode
 from mage_dbt.warehouse.profile import SUPPORTED_TYPES, TargetConfig, resolve_target
-
-if TYPE_CHECKING:
-    from mage_dbt.warehouse.bigquery import BigQueryWarehouse
-    from mage_dbt.warehouse.duckdb import DuckDBWarehouse
-    from mage_dbt.warehouse.postgres import PostgresWarehouse
 
 __all__ = [
     "SUPPORTED_TYPES", "WRITE_MODES", "TargetConfig", "Warehouse", "WriteMode", "connect",

@@ -109,7 +109,8 @@ class SqlWarehouse(ABC):
 
     def __repr__(self) -> str:
         state = "open" if self._conn is not None else "closed"
-        return f"{type(self).__name__}({self.target.profile_name}.{self.target.target_name}, {state})"
+        where = f"{self.target.profile_name}.{self.target.target_name}"
+        return f"{type(self).__name__}({where}, {state})"
 
     def open(self) -> None:
         if self._conn is None:
@@ -144,7 +145,8 @@ class SqlWarehouse(ABC):
         `partition_column = partition_value`, then insert (every row must belong to that
         partition, so re-running the same date is idempotent). The table is created from the
         Arrow types when missing; for append/replace_partition a column clash raises BlockError.
-        All of it is one transaction: on any error the table is left unchanged.
+        All of it is one transaction: on any error the table is left unchanged. The DataFrame
+        index is not written (call `reset_index()` first to keep it).
         """
         req = prepare_write(self.target, data, table, schema, mode, partition_column,
                             partition_value)
@@ -152,6 +154,7 @@ class SqlWarehouse(ABC):
         self._begin()
         try:
             self._write_in_transaction(req)
+            self._commit()
         except BaseException as exc:
             try:
                 self._rollback()
@@ -161,7 +164,6 @@ class SqlWarehouse(ABC):
                 raise BlockError(f"writing to {req.where} failed (rolled back): "
                                  f"{self._message(exc)}", hint=self._hint(exc)) from None
             raise
-        self._commit()
         return req.data.num_rows
 
     def _write_in_transaction(self, req: WriteRequest) -> None:

@@ -207,7 +207,7 @@ class BigQueryWarehouse:
         job.result()
 
     def _replace_partition(self, req: WriteRequest, ref: bigquery.TableReference) -> None:
-        stage = bigquery.TableReference(ref.dataset_ref,
+        stage = bigquery.TableReference(bigquery.DatasetReference(ref.project, ref.dataset_id),
                                         f"_mage_dbt_stage_{req.table}_{uuid.uuid4().hex[:12]}")
         self._load(req, stage, "WRITE_TRUNCATE", with_schema=True)
         target_sql = ".".join(bq_quote(p) for p in (ref.project, ref.dataset_id, ref.table_id))

@@ -8,6 +8,7 @@ process at a time: keep the `with` block short and never open it while dbt runs 
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -36,6 +37,8 @@ _FAMILIES: dict[str, str] = {
     "TIMESTAMP_S": "timestamp", "TIMESTAMP_MS": "timestamp", "TIMESTAMP_NS": "timestamp",
     "TIMESTAMP WITH TIME ZONE": "timestamptz", "BLOB": "binary",
 }
+
+_SETTING = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def quote(identifier: str) -> str:
@@ -74,18 +77,27 @@ class DuckDBWarehouse(SqlWarehouse):
     driver_errors = (duckdb.Error,)
 
     def _connect(self) -> Any:
+        # As dbt-duckdb: `config_options` at connect, then `extensions` loaded, then `settings`
+        # applied with SET (extension settings such as s3_region only exist after LOAD).
         path = str(self.target.get("path", ":memory:"))
-        config = {**(self.target.get("config_options") or {}), **(self.target.get("settings") or {})}
+        config = {k: str(v) for k, v in (self.target.get("config_options") or {}).items()}
         try:
-            conn = duckdb.connect(path, config={k: str(v) for k, v in config.items()})
+            conn = duckdb.connect(path, config=config)
             for extension in self.target.get("extensions") or []:
                 name = extension if isinstance(extension, str) else extension.get("name")
                 conn.load_extension(str(name))
+            for key, value in (self.target.get("settings") or {}).items():
+                if not _SETTING.match(str(key)):
+                    raise ConfigError(f"invalid DuckDB setting name {key!r}")
+                literal = "'" + str(value).replace("'", "''") + "'"
+                conn.execute(f"SET {key} = {literal}")
         except duckdb.Error as exc:
+            message = self._message(exc)
+            hint = ("another process (dbt?) holds the file; open it once that process is done"
+                    if "lock" in message.lower() else f"check the target in "
+                    f"{self.target.profiles_path}")
             raise ConfigError(f"cannot open DuckDB database {path} (target "
-                              f"{self.target.target_name!r}): {first_line(str(exc))}",
-                              hint="another process (dbt?) may hold the file; close it first"
-                              ) from None
+                              f"{self.target.target_name!r}): {message}", hint=hint) from None
         return conn
 
     def _begin(self) -> None:
@@ -97,8 +109,14 @@ class DuckDBWarehouse(SqlWarehouse):
     def _rollback(self) -> None:
         self.connection.rollback()
 
+    def _catalog(self) -> str:
+        # Qualify with the catalog: a file named like the schema (bench.duckdb holding schema
+        # bench) makes "bench"."t" ambiguous in DuckDB.
+        row = self.connection.execute("SELECT current_database()").fetchone()
+        return quote(str(row[0]))
+
     def _qualified(self, req: WriteRequest) -> str:
-        return f"{quote(req.schema)}.{quote(req.table)}"
+        return f"{self._catalog()}.{quote(req.schema)}.{quote(req.table)}"
 
     def _schema_exists(self, schema: str) -> bool:
         row = self.connection.execute(
@@ -107,7 +125,7 @@ class DuckDBWarehouse(SqlWarehouse):
         return bool(row and row[0])
 
     def _create_schema(self, schema: str) -> None:
-        self.connection.execute(f"CREATE SCHEMA {quote(schema)}")
+        self.connection.execute(f"CREATE SCHEMA {self._catalog()}.{quote(schema)}")
 
     def _columns(self, schema: str, table: str) -> Columns | None:
         conn = self.connection

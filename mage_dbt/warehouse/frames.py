@@ -121,7 +121,8 @@ def column_problems(existing: Mapping[str, tuple[str, str]], table: pa.Table) ->
         family, sql_type = existing[name]
         mine = arrow_family(data_type)
         if mine != "null" and family not in _ACCEPTS.get(mine, frozenset()):
-            wrong.append(f"{name} ({data_type} into {sql_type})")
+            shown = "string" if mine == "text" else str(data_type)
+            wrong.append(f"{name} ({shown} into {sql_type})")
     if wrong:
         problems.append(f"incompatible types: {', '.join(wrong)}")
     return problems

@@ -73,13 +73,18 @@ class TargetConfig:
         return _secret_strings(self.fields)
 
     def __repr__(self) -> str:
-        shown = {k: ("***" if is_secret_key(k) and v not in (None, "") else v)
-                 for k, v in self.fields.items()}
+        shown = _masked(self.fields)
         return (f"TargetConfig(type={self.type!r}, profile={self.profile_name!r}, "
                 f"target={self.target_name!r}, schema={self.schema!r}, "
                 f"database={self.database!r}, fields={shown!r})")
 
     __str__ = __repr__
+
+
+def _masked(data: Mapping[str, Any]) -> dict[str, Any]:
+    """`data` with secret values (also nested ones, e.g. DuckDB `settings`) replaced by ***."""
+    return {k: ("***" if is_secret_key(str(k)) and v not in (None, "") else
+                _masked(v) if isinstance(v, Mapping) else v) for k, v in data.items()}
 
 
 def scrub(text: str, secrets: list[str]) -> str:
