@@ -87,7 +87,7 @@ def invoke_dbt(
         record = {
             "at": datetime.now(timezone.utc).isoformat(),
             "pid": os.getpid(),
-            "command": args[0] if args else "",
+            "command": " ".join(args[:2]) if args[:1] in (["source"], ["docs"]) else (args[0] if args else ""),
             "nodes": node_count,
             "seconds": round(seconds, 3),
             "success": bool(result.success),
@@ -126,6 +126,8 @@ def result_from_event(unique_id: str, data: Any) -> NodeResult:
     run_result = getattr(data, "run_result", None)
     status = (getattr(run_result, "status", None) or data.node_info.node_status or "").lower()
     adapter_response = getattr(run_result, "adapter_response", None) or {}
+    if not hasattr(adapter_response, "get") and hasattr(adapter_response, "items"):
+        adapter_response = dict(adapter_response.items())  # a protobuf Struct in event data
     rows = adapter_response.get("rows_affected") if hasattr(adapter_response, "get") else None
     return NodeResult(
         unique_id=unique_id,
