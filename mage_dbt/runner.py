@@ -69,9 +69,11 @@ class _BlockListener:
         self._summary = summary
         self._reporter = reporter
         self._names = {b.unique_id: b.name for b in pipeline.blocks.values() if b.unique_id}
+        self._started: set[str] = set()
 
     def node_started(self, unique_id: str) -> None:
         block = self._pipeline.blocks[self._names[unique_id]]
+        self._started.add(unique_id)
         if self._reporter:
             self._reporter.started(block.name, kind=block.kind, upstream=block.upstream)
 
@@ -87,6 +89,8 @@ class _BlockListener:
             dbt_status=result.status, unique_id=result.unique_id,
         )
         if self._reporter:
+            if result.unique_id not in self._started:  # dbt never started it: its task run still has to exist
+                self.node_started(result.unique_id)
             self._report(block, status, result, message)
 
     def _report(self, block, status, result: NodeResult, message) -> None:
