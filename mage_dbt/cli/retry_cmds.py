@@ -1,3 +1,50 @@
-"""retry_cmds: commands registered on the mage-dbt app (filled in by its feature)."""
+"""`mage-dbt retry`: re-run only the failed and skipped blocks of a past run, as a new flow run."""
 
-from mage_dbt.cli import app  # noqa: F401
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mage_dbt.cli import app
+from mage_dbt.cli.console import console
+from mage_dbt.cli.options import ProjectDir, settings_for
+
+
+@app.command()
+def retry(
+    pipeline: Optional[str] = typer.Argument(None, help="Pipeline whose latest failed run to retry."),
+    run: Optional[str] = typer.Option(None, "--run", help="Flow run id to retry (the `flow run:` line of `mage-dbt run`)."),
+    project_dir: Optional[Path] = ProjectDir,
+) -> int:
+    """Re-run the failed and skipped blocks of PIPELINE's latest failed run (or of --run ID).
+
+    The retry is a new flow run with the same execution date and parameters, tagged
+    retry-of:<id>; blocks that succeeded in the original run are not re-run.
+    """
+    from mage_dbt.cli.run_cmds import print_summary
+    from mage_dbt.pipeline_spec import load_pipeline_spec
+    from mage_dbt.retry import find_run, plan_retry, run_retry
+
+    settings = settings_for(project_dir)
+    if pipeline:
+        load_pipeline_spec(settings.flows_dir, pipeline)  # an unknown pipeline fails here, with the list
+    source = find_run(settings, pipeline, run)
+    if source is None:
+        console.print(f"nothing to retry: no failed run of pipeline '{pipeline}' in this project is waiting for a retry")
+        return 0
+    plan = plan_retry(settings, source)
+    when = plan.execution_date.isoformat()
+    if plan.gone:
+        console.print(f"not retried, no longer blocks of pipeline '{source.pipeline}': {', '.join(plan.gone)}")
+    if not plan.blocks:
+        console.print(f"nothing to retry: all {len(plan.succeeded)} blocks of flow run {source.id} "
+                      f"({source.pipeline}, {when}) succeeded")
+        return 0
+    shown = ", ".join(plan.blocks[:20]) + (" ..." if len(plan.blocks) > 20 else "")
+    console.print(f"retrying {len(plan.blocks)} of {len(plan.blocks) + len(plan.succeeded)} blocks of flow run "
+                  f"{source.id} ({source.pipeline}, execution date {when}): {shown}")
+    summary = run_retry(plan)
+    print_summary(summary)
+    return 1 if any(r["status"] != "success" for r in summary["results"].values()) else 0
