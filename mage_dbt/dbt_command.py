@@ -293,6 +293,7 @@ def run_dbt_command_block(block: Any, env: Any) -> Any:
     text = render_command(block.name, _template(block.name, block.spec), context.template_values())
     command = parse_command(block.name, text, run_target=context.target)
     ref = block_ref(env.settings, env.pipeline.spec, block.spec, target=context.target or command.target)
+    env.settings.export_environment()  # profiles read MAGE_DBT_DATA_DIR, also in pipelines without `dbt:`
     manifest = None if command.command in OWN_PARSE else _manifest_for(env.pipeline, ref).dbt_manifest
     events = OutputEvents()
     raw = invoke_dbt(dbt_args(command, ref, context), manifest=manifest, callbacks=[events],

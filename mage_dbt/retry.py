@@ -17,7 +17,7 @@ from typing import Any
 
 from mage_dbt.errors import ConfigError
 from mage_dbt.run_history import (
-    BlockState, PastRun, block_states, latest_unretried_failure, read_run, retry_tags,
+    RETRY_TAG, BlockState, PastRun, block_states, latest_unretried_failure, read_run, retry_tags,
 )
 from mage_dbt.settings import ProjectSettings
 
@@ -79,16 +79,30 @@ def plan_retry(settings: ProjectSettings, run: PastRun) -> RetryPlan:
     else:  # crashed or cancelled midway: blocks it never reached did not run either
         todo = tuple(sorted(n for n in resolved.blocks if n not in ok))
     gone = tuple(sorted(n for n, s in states.items() if not s.succeeded and n not in resolved.blocks))
-    parameters = {
-        "pipeline": run.pipeline,
-        "execution_date": when,
-        "full_refresh": bool(params.get("full_refresh", False)),
-        "select": list(todo),
-        "target": params.get("target"),
-        "vars": params.get("vars"),
-    }
+    parameters = {**_flow_parameters(params), "pipeline": run.pipeline, "execution_date": when, "select": list(todo)}
     return RetryPlan(source=run, execution_date=when, parameters=parameters, blocks=todo, succeeded=ok,
                      gone=gone, states=states)
+
+
+def _flow_parameters(params: dict[str, Any]) -> dict[str, Any]:
+    """The original run's parameters that the pipeline flow still takes (full refresh, target, vars, ref...)."""
+    import inspect
+
+    from mage_dbt.flows import pipeline_flow
+
+    accepted = inspect.signature(pipeline_flow.fn).parameters
+    return {k: v for k, v in params.items() if k in accepted}
+
+
+def retry_outputs(settings: ProjectSettings, pipeline: str, run_id: str, tags: Any) -> dict[str, Any]:
+    """PipelineRunner options for a run tagged retry-of:<id>: block outputs it does not produce
+    itself (its upstream blocks succeeded before) are read from the runs it retries."""
+    retried = [t[len(RETRY_TAG):] for t in (tags or ()) if t.startswith(RETRY_TAG)]
+    if not retried:
+        return {}
+    from mage_dbt.outputs import OutputStore
+
+    return {"outputs": OutputStore(settings.data_dir, pipeline, run_id, fallback_run_ids=retried)}
 
 
 def run_retry(plan: RetryPlan) -> dict:
