@@ -51,13 +51,23 @@ def pipeline_flow(
     select: list[str] | None = None,
     target: str | None = None,
     vars: dict[str, Any] | None = None,
+    ref: str | None = None,
 ):
-    """Run a mage_dbt pipeline (dbt, Python and SQL blocks) for one execution date."""
+    """Run a mage_dbt pipeline (dbt, Python and SQL blocks) for one execution date.
+
+    Args:
+        ref: Run once against this branch, tag or commit of the git-synced dbt project; empty
+            uses the current revision (synced first when the pipeline has sync_on_run).
+    """
     logger = get_run_logger()
     ctx = FlowRunContext.get()
     run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else "local"
     settings = load_settings()
-    resolved = load_pipeline(settings, pipeline, target=target, select=select)
+    from mage_dbt.sync_flow import prepare_run_project, record_commit
+
+    project = prepare_run_project(settings, pipeline, ref=ref, target=target, log=logger)  # sync_on_run / ref
+    resolved = load_pipeline(settings, pipeline, target=target, select=select, dbt_ref=project.dbt_ref)
+    dbt_commit = record_commit(resolved, project, log=logger)  # log line + dbt-commit:<sha12> tag
     context = make_context(
         resolved.name,
         execution_date or scheduled_time(),
@@ -67,6 +77,7 @@ def pipeline_flow(
         vars={**resolved.spec.vars, **(vars or {})},
         target=target or resolved.spec.target,
         run_id=run_id,
+        dbt_commit=dbt_commit,
     )
     logger.info(
         "pipeline %s, execution date %s, %d blocks in %d units%s",

@@ -1,10 +1,12 @@
 """Parse once: load a dbt project's manifest, cache it per project revision and target, select nodes.
 
-The cache key is the project's file contents (or its git commit when git sync recorded one), the
-profiles file, the target, the values of the env vars the project reads and the dbt version. A hit
-loads a small pickled node index (fast enough for `blocks`) and, lazily, the pickled dbt `Manifest`
-object that `dbtRunner(manifest=...)` reuses so no dbt invocation parses again. A miss runs
-`dbt parse` in-process once and fills the cache atomically.
+The cache key is the project's file contents (or, for a git-synced project, its commit and revision
+folder), the profiles file, the target, the values of the env vars the project reads and the dbt
+version. A hit loads a small pickled node index (fast enough for `blocks`) and, lazily, the pickled
+dbt `Manifest` object that `dbtRunner(manifest=...)` reuses so no dbt invocation parses again. A
+miss runs `dbt parse` in-process once and fills the cache atomically. A git-synced project is
+parsed in its revision folder, never through the destination symlink: dbt records the folder in
+the manifest (seeds are read from it), and the symlink moves on the next sync.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 import pickle
 import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,6 @@ from mage_dbt.nodes import DbtNode, nodes_from_manifest_dict
 
 _SKIP_DIRS = {"target", "logs", "dbt_packages", ".git", "__pycache__", ".venv"}
 _ENV_VAR_NAME = re.compile(r"env_var\(\s*['\"]([A-Za-z_][A-Za-z0-9_]*)['\"]")
-REVISION_MARKER = ".mage_dbt_revision"
 
 
 @dataclass(frozen=True)
@@ -114,8 +115,26 @@ def _ensure_dbt_flags() -> None:
         set_from_args(Namespace(), {})
 
 
-def project_fingerprint(ref: DbtProjectRef) -> str:
-    """A hash of everything that changes what `dbt parse` produces for this project and target."""
+def synced_commit(project_dir: Path) -> str | None:
+    """The git sync commit of a dbt project folder (None when it was not synced)."""
+    from mage_dbt.git_sync.layout import revision_commit
+
+    return revision_commit(project_dir)
+
+
+def pinned_ref(ref: DbtProjectRef, commit: str | None = None) -> tuple[DbtProjectRef, str | None]:
+    """A git-synced project resolved to its revision folder, with its commit; others unchanged."""
+    real = ref.project_dir.resolve()
+    commit = commit or synced_commit(real)
+    return (replace(ref, project_dir=real), commit) if commit else (ref, None)
+
+
+def project_fingerprint(ref: DbtProjectRef, commit: str | None = None) -> str:
+    """A hash of everything that changes what `dbt parse` produces for this project and target.
+
+    A git-synced project (or an explicit `commit`) is keyed by commit and revision folder instead
+    of its file contents: its files are that commit's (git sync refuses local edits).
+    """
     import dbt.version
 
     digest = hashlib.blake2b(digest_size=16)
@@ -126,15 +145,15 @@ def project_fingerprint(ref: DbtProjectRef) -> str:
         text = profiles.read_bytes()
         digest.update(text)
         env_names.update(_ENV_VAR_NAME.findall(text.decode(errors="replace")))
-    marker = ref.project_dir / REVISION_MARKER
-    if marker.is_file():
-        digest.update(b"commit:" + marker.read_bytes())
-    else:
-        for path in sorted(_project_files(ref.project_dir)):
-            data = path.read_bytes()
+    commit = commit or synced_commit(ref.project_dir)
+    if commit:
+        digest.update(f"commit:{commit}|{ref.project_dir.resolve()}\0".encode())
+    for path in sorted(_project_files(ref.project_dir)):
+        data = path.read_bytes()
+        if not commit:
             digest.update(str(path.relative_to(ref.project_dir)).encode() + b"\0" + data)
-            if b"env_var" in data:
-                env_names.update(_ENV_VAR_NAME.findall(data.decode(errors="replace")))
+        if b"env_var" in data:  # also for a commit: the values dbt renders at parse time are part of the key
+            env_names.update(_ENV_VAR_NAME.findall(data.decode(errors="replace")))
     for name in sorted(env_names):
         digest.update(f"{name}={os.environ.get(name, '')}\0".encode())
     return digest.hexdigest()
@@ -154,8 +173,10 @@ class ManifestCache:
         self._loaded: dict[str, LoadedManifest] = {}
         self._lock = threading.Lock()
 
-    def load(self, ref: DbtProjectRef) -> LoadedManifest:
-        key = project_fingerprint(ref)
+    def load(self, ref: DbtProjectRef, *, commit: str | None = None) -> LoadedManifest:
+        """`commit`: the git commit of `ref.project_dir` when no git sync marker says it yet (validation)."""
+        ref, commit = pinned_ref(ref, commit)
+        key = project_fingerprint(ref, commit)
         with self._lock:
             if key in self._loaded:
                 return self._loaded[key]
@@ -237,6 +258,6 @@ def load_manifest_json(path: Path) -> dict[str, DbtNode]:
 DEFAULT_CACHE = ManifestCache()
 
 
-def load_manifest(ref: DbtProjectRef) -> LoadedManifest:
+def load_manifest(ref: DbtProjectRef, *, commit: str | None = None) -> LoadedManifest:
     """Load (parse at most once per revision and target) the manifest of `ref`."""
-    return DEFAULT_CACHE.load(ref)
+    return DEFAULT_CACHE.load(ref, commit=commit)

@@ -26,6 +26,8 @@ def run(
     full_refresh: bool = typer.Option(False, "--full-refresh", help="Rebuild incremental models from scratch."),
     select: Optional[list[str]] = typer.Option(None, "--select", "-s", help="Run only these blocks (dbt selector syntax or block names)."),
     var: Optional[list[str]] = typer.Option(None, "--var", help="Extra dbt var KEY=VALUE (repeatable)."),
+    ref: Optional[str] = typer.Option(None, "--ref", help="Run once against this branch, tag or commit of the "
+                                      "git-synced dbt project; the current revision stays as it is."),
     project_dir: Optional[Path] = ProjectDir,
 ) -> int:
     """Run PIPELINE for one execution date (a Prefect flow run with one task run per block)."""
@@ -33,14 +35,19 @@ def run(
     spec = load_pipeline_spec(settings.flows_dir, pipeline)
     when = parse_execution_date(execution_date, spec.timezone)
     # Pre-flight outside the flow: a bad target, selector or project fails here, before any run exists.
-    load_pipeline(settings, pipeline, target=target, select=select)
+    # sync_on_run / --ref first bring the dbt project revision the flow will use (mage_dbt.sync_flow).
+    from mage_dbt.cli.sync_cmds import ConsoleLog
+    from mage_dbt.sync_flow import prepare_run_project
+
+    project = prepare_run_project(settings, pipeline, ref=ref, target=target, log=ConsoleLog())
+    load_pipeline(settings, pipeline, target=target, select=select, dbt_ref=project.dbt_ref)
     from mage_dbt.prefect_setup import run_flow_quietly
     from mage_dbt.flows import pipeline_flow
 
     summary = run_flow_quietly(
         pipeline_flow,
         pipeline=pipeline, execution_date=when, full_refresh=full_refresh,
-        select=select, target=target, vars=parse_vars(var) or None,
+        select=select, target=target, vars=parse_vars(var) or None, ref=ref,
     )
     print_summary(summary)
     failed = [n for n, r in summary["results"].items() if r["status"] != "success"]
