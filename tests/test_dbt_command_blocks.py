@@ -9,7 +9,7 @@ import yaml
 
 from tests.conftest import cli
 from tests.support import demo_data
-from tests.support.dbt_changes import DEMO, block_output, invocations, states, write
+from tests.support.dbt_changes import DEMO, block_output, executions, invocations, states, write
 from tests.support.runs import duckdb_rows, flow_run_id, task_runs
 
 PIPELINE = {
@@ -96,7 +96,7 @@ def test_command_blocks_run_templated_and_log_their_output(demo_project):
     # The skipped block touched nothing; every dbt call reused the one parsed manifest.
     assert duckdb_rows(demo_project, "select count(*) from information_schema.tables "
                                      "where table_name = 'stg_payments'") == [(0,)]
-    log = invocations(demo_project)
+    log = executions(demo_project)
     assert sorted(r["command"] for r in log) == sorted(
         ["parse", "build", "run", "test", "source freshness", "run-operation", "show", "test"]), log
     assert all(r["cached_manifest"] for r in log if r["command"] != "parse")

@@ -12,7 +12,7 @@ import duckdb
 
 from tests.conftest import cli
 from tests.support import demo_data
-from tests.support.dbt_changes import DEMO, invocations, run_results, states, task_run_logs, write
+from tests.support.dbt_changes import DEMO, executions, run_results, states, task_run_logs, write
 from tests.support.runs import flow_run_id, task_runs
 
 # dbt status -> (Prefect state type, state name) of the node's task run
@@ -52,7 +52,7 @@ def test_dbt_blocks_run_as_one_invocation_with_a_task_run_per_node_in_dbts_state
     dbt_blocks = {n: r for n, r in summary["results"].items() if r["kind"].startswith("dbt_") and r["unique_id"]}
 
     # The invocation log: one parse (cold cache), then ONE build carrying every dbt node of the run.
-    log = invocations(demo_project)
+    log = executions(demo_project)
     assert [r["command"] for r in log] == ["parse", "build"], log
     build = log[1]
     assert build["nodes"] == len(dbt_blocks) and build["cached_manifest"] is True, build
@@ -77,7 +77,7 @@ def test_dbt_blocks_run_as_one_invocation_with_a_task_run_per_node_in_dbts_state
     # A second run, in a new process: no parse at all, again one build with every node.
     second = cli(demo_project, "run", "demo", "--execution-date", "2024-02-02")
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    log = invocations(demo_project)
+    log = executions(demo_project)
     assert [r["command"] for r in log] == ["parse", "build", "build"], log
     assert log[2]["pid"] != build["pid"] and log[2]["nodes"] == len(dbt_blocks) and log[2]["cached_manifest"]
 

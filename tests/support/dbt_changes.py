@@ -64,6 +64,11 @@ def invocations(project: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def executions(project: Path) -> list[dict]:
+    """The invocations that ran nodes or parsed: without the `compile` the drift check runs first."""
+    return [r for r in invocations(project) if r["command"] != "compile"]
+
+
 def run_results(project: Path, pid: int) -> dict[str, str]:
     """unique_id -> status from dbt's own run_results.json written by process `pid`."""
     folders = list((project / ".mage_dbt" / "dbt_target" / "demo").glob(f"*-{pid}"))
