@@ -109,7 +109,8 @@ def parse_command(block: str, text: str, *, run_target: str | None, check_values
     words = tokens[:2] if tokens[:1] and tokens[0] in GROUPS else tokens[:1]
     command = " ".join(words)
     if command not in COMMANDS:
-        known = command in cli.commands or (len(words) == 2 and words[1] in getattr(cli.commands.get(words[0]), "commands", {}))
+        group = cli.commands.get(words[0]) if words else None
+        known = command in cli.commands or (len(words) == 2 and words[1] in getattr(group, "commands", {}))
         what = f"dbt command '{command}' cannot run as a block" if known else f"unknown dbt command '{command or text}'"
         raise ConfigError(f"dbt_command block '{block}': {what}", hint=f"use one of: {', '.join(COMMANDS)}")
     click_cmd = cli.commands[words[0]] if len(words) == 1 else cli.commands[words[0]].commands[words[1]]
@@ -124,8 +125,9 @@ def parse_command(block: str, text: str, *, run_target: str | None, check_values
         raise _click_error(block, command, exc) from None
     given = {p.name for p in order}
     for name in sorted(given & set(OWNED_FLAGS)):
-        raise ConfigError(f"dbt_command block '{block}': {_flag(click_cmd, name)} is set by mage_dbt: {OWNED_FLAGS[name]}",
-                          hint=f"remove {_flag(click_cmd, name)} from the command")
+        flag = _flag(click_cmd, name)
+        raise ConfigError(f"dbt_command block '{block}': {flag} is set by mage_dbt: {OWNED_FLAGS[name]}",
+                          hint=f"remove {flag} from the command")
     if "target" in given and run_target:
         raise ConfigError(
             f"dbt_command block '{block}': --target is set by the run (target '{run_target}'): every block of a run "

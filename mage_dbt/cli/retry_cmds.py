@@ -15,7 +15,8 @@ from mage_dbt.cli.options import ProjectDir, settings_for
 @app.command()
 def retry(
     pipeline: Optional[str] = typer.Argument(None, help="Pipeline whose latest failed run to retry."),
-    run: Optional[str] = typer.Option(None, "--run", help="Flow run id to retry (the `flow run:` line of `mage-dbt run`)."),
+    run: Optional[str] = typer.Option(
+        None, "--run", help="Flow run id to retry (the `flow run:` line of `mage-dbt run`)."),
     project_dir: Optional[Path] = ProjectDir,
 ) -> int:
     """Re-run the failed and skipped blocks of PIPELINE's latest failed run (or of --run ID).
@@ -32,7 +33,8 @@ def retry(
         load_pipeline_spec(settings.flows_dir, pipeline)  # an unknown pipeline fails here, with the list
     source = find_run(settings, pipeline, run)
     if source is None:
-        console.print(f"nothing to retry: no failed run of pipeline '{pipeline}' in this project is waiting for a retry")
+        console.print(f"nothing to retry: no failed run of pipeline '{pipeline}' in this project "
+                      "is waiting for a retry")
         return 0
     plan = plan_retry(settings, source)
     when = plan.execution_date.isoformat()
