@@ -17,6 +17,7 @@ from mage_dbt.block_runners import BlockEnv, run_block
 from mage_dbt.context import RunContext
 from mage_dbt.dbt_executor import DbtExecutor, InProcessDbtExecutor
 from mage_dbt.dbt_invocation import NodeResult
+from mage_dbt.outputs import OutputStore
 from mage_dbt.pipeline import Pipeline, Unit
 from mage_dbt.settings import ProjectSettings
 from mage_dbt.task_runs import TaskRunReporter
@@ -120,6 +121,7 @@ class PipelineRunner:
         reporter: TaskRunReporter | None = None,
         executor: DbtExecutor | None = None,
         full_refresh_nodes: set[str] | None = None,
+        outputs: OutputStore | None = None,
     ) -> None:
         self.settings = settings
         self.pipeline = pipeline
@@ -127,9 +129,14 @@ class PipelineRunner:
         self.reporter = reporter
         self.executor = executor or InProcessDbtExecutor()
         self.summary = RunSummary(pipeline=pipeline.name, execution_date=context.date_vars()["execution_date"])
-        self.outputs: dict[str, Any] = {}
+        # Block outputs live on disk per run (mage_dbt.outputs); a retry passes a store whose
+        # fallback_run_ids name the run it retries.
+        self.outputs = outputs if outputs is not None else OutputStore(
+            settings.data_dir, pipeline.name, context.run_id)
 
     def run(self) -> RunSummary:
+        self.outputs.begin(execution_date=self.summary.execution_date,
+                           retention_days=self.settings.file.output_retention_days)
         for unit in self.pipeline.units:
             blocked = self._blocked(unit)
             for name in sorted(blocked):
