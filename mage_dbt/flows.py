@@ -18,6 +18,7 @@ from prefect.states import Completed, Failed
 
 from mage_dbt.context import make_context
 from mage_dbt.pipeline import load_pipeline
+from mage_dbt.retry import retry_outputs
 from mage_dbt.runner import PipelineRunner, RunSummary
 from mage_dbt.settings import load_settings
 from mage_dbt.task_runs import TaskRunReporter
@@ -86,7 +87,8 @@ def pipeline_flow(
     )
     reporter = TaskRunReporter(run_id) if ctx and ctx.flow_run else None
     try:
-        summary = PipelineRunner(settings, resolved, context, reporter=reporter).run()
+        retry = retry_outputs(settings, resolved.name, run_id, ctx.flow_run.tags if ctx and ctx.flow_run else ())
+        summary = PipelineRunner(settings, resolved, context, reporter=reporter, **retry).run()
     finally:
         if reporter:
             reporter.close()
