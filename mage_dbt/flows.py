@@ -57,6 +57,13 @@ def pipeline_flow(
     """Run a mage_dbt pipeline (dbt, Python and SQL blocks) for one execution date.
 
     Args:
+        pipeline: The pipeline to run (the name of its file in the project's flows/ folder).
+        execution_date: The date (or timestamp) this run processes. Leave empty on scheduled
+            runs: the run's scheduled start time is used, so a late run still processes its own date.
+        full_refresh: Rebuild incremental models from scratch (dbt --full-refresh).
+        select: Run only these blocks: block names or dbt selectors like +fct_orders or tag:daily.
+        target: The dbt target from profiles.yml; empty means the pipeline's or profile's default.
+        vars: Extra dbt vars for this run, merged over the pipeline's own vars.
         ref: Run once against this branch, tag or commit of the git-synced dbt project; empty
             uses the current revision (synced first when the pipeline has sync_on_run).
     """

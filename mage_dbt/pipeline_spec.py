@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mage_dbt.errors import ConfigError, PipelineNotFound
 
@@ -75,6 +75,28 @@ class ScheduleSpec(BaseModel):
     interval_seconds: int | None = Field(default=None, gt=0)
     timezone: str = "UTC"
     active: bool = True
+
+    # Checked here, as Prefect will check them, so a bad schedule fails with file and line.
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str | None) -> str | None:
+        from mage_dbt.deploy_schedules import check_cron
+
+        return None if value is None else check_cron(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _valid_timezone(cls, value: str) -> str:
+        from mage_dbt.deploy_schedules import check_timezone
+
+        return check_timezone(value)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "ScheduleSpec":
+        from mage_dbt.deploy_schedules import check_kind
+
+        check_kind(self.cron, self.interval_seconds)
+        return self
 
 
 class PipelineSpec(BaseModel):

@@ -17,3 +17,22 @@ elif [ "${CI:-}" = "true" ]; then
 else
   echo "services: PostgreSQL is not reachable; Postgres tests will be skipped (not under CI)" >&2
 fi
+
+# Headless Chromium for the Prefect UI check (tests/test_ui_browser.py), from Debian's packages.
+# Under CI=true a Chromium that cannot be installed fails here; elsewhere the UI test is skipped.
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  echo "services: installing chromium and chromium-driver (apt-get)"
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" = "0" ] || SUDO="sudo -n"
+    $SUDO apt-get update -q >/dev/null && \
+      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium chromium-driver >/dev/null || true
+  fi
+fi
+if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
+  echo "services: Chromium is installed ($(/usr/bin/chromium --version 2>/dev/null | head -1))"
+elif [ "${CI:-}" = "true" ]; then
+  echo "services: Chromium could not be installed (apt-get install chromium chromium-driver; CI=true)" >&2
+  exit 1
+else
+  echo "services: Chromium is missing; the Prefect UI browser test will be skipped (not under CI)" >&2
+fi
