@@ -53,6 +53,8 @@ def pipeline_flow(
     target: str | None = None,
     vars: dict[str, Any] | None = None,
     ref: str | None = None,
+    full_refresh_select: list[str] | None = None,
+    check_drift: bool = True,
 ):
     """Run a mage_dbt pipeline (dbt, Python and SQL blocks) for one execution date.
 
@@ -66,6 +68,10 @@ def pipeline_flow(
         vars: Extra dbt vars for this run, merged over the pipeline's own vars.
         ref: Run once against this branch, tag or commit of the git-synced dbt project; empty
             uses the current revision (synced first when the pipeline has sync_on_run).
+        full_refresh_select: With full_refresh, rebuild only the incremental models these dbt
+            selectors or block names match (snapshots only when named exactly); the rest runs normally.
+        check_drift: Compare incremental models' columns with their tables first and apply the
+            pipeline's on_drift setting (fail, full_refresh or warn).
     """
     logger = get_run_logger()
     ctx = FlowRunContext.get()
@@ -92,10 +98,18 @@ def pipeline_flow(
         resolved.name, context.date_vars()["execution_date"], len(resolved.blocks), len(resolved.units),
         ", full refresh" if full_refresh else "",
     )
+    from mage_dbt.drift import plan_run_refresh
+    from mage_dbt.errors import MageDbtError
+
+    try:
+        refresh_nodes = plan_run_refresh(resolved, context, full_refresh_select, check_drift=check_drift, logger=logger)
+    except MageDbtError as exc:  # drift with on_drift: fail, or a bad full_refresh_select: nothing ran
+        return Failed(message=exc.one_line(), data=exc)  # returned, not raised: no traceback on the CLI
     reporter = TaskRunReporter(run_id) if ctx and ctx.flow_run else None
     try:
         retry = retry_outputs(settings, resolved.name, run_id, ctx.flow_run.tags if ctx and ctx.flow_run else ())
-        summary = PipelineRunner(settings, resolved, context, reporter=reporter, **retry).run()
+        summary = PipelineRunner(settings, resolved, context, reporter=reporter,
+                                 full_refresh_nodes=refresh_nodes, **retry).run()
     finally:
         if reporter:
             reporter.close()

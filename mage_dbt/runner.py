@@ -17,6 +17,7 @@ from mage_dbt.block_runners import BlockEnv, run_block
 from mage_dbt.context import RunContext
 from mage_dbt.dbt_executor import DbtExecutor, InProcessDbtExecutor
 from mage_dbt.dbt_invocation import NodeResult
+from mage_dbt.full_refresh import invocation_phases, set_aside_snapshots, settle_snapshots, snapshot_ids
 from mage_dbt.outputs import OutputStore
 from mage_dbt.pipeline import Pipeline, Unit
 from mage_dbt.settings import ProjectSettings
@@ -129,6 +130,8 @@ class PipelineRunner:
         self.reporter = reporter
         self.executor = executor or InProcessDbtExecutor()
         self.summary = RunSummary(pipeline=pipeline.name, execution_date=context.date_vars()["execution_date"])
+        # Node ids rebuilt with --full-refresh (targeted full refresh); None: context.full_refresh for all.
+        self.full_refresh_nodes = full_refresh_nodes
         # Block outputs live on disk per run (mage_dbt.outputs); a retry passes a store whose
         # fallback_run_ids name the run it retries.
         self.outputs = outputs if outputs is not None else OutputStore(
@@ -181,10 +184,36 @@ class PipelineRunner:
         assert self.pipeline.manifest is not None
         ids = [self.pipeline.blocks[n].unique_id for n in todo]
         listener = _BlockListener(self.pipeline, self.summary, self.reporter)
-        self.executor.run_nodes(
-            self.pipeline.manifest, ids, context=self.context, listener=listener,
-            command="build", full_refresh=self.context.full_refresh,
-        )
+        if self.full_refresh_nodes is None:
+            phases = [(ids, self.context.full_refresh)]
+        else:  # a targeted full refresh: --full-refresh only for the targeted nodes (mage_dbt.full_refresh)
+            phases = invocation_phases(self.pipeline.manifest, ids, self.full_refresh_nodes)
+        for phase_ids, refresh in phases:
+            phase_ids = self._not_blocked(phase_ids)
+            if phase_ids:
+                self._invoke_dbt(phase_ids, refresh, listener)
+
+    def _not_blocked(self, ids: list[str]) -> list[str]:
+        """Skip the nodes of a later phase whose upstream failed in an earlier one."""
+        names = {self.pipeline.blocks[n].unique_id: n for n in self.pipeline.blocks}
+        blocked = self._blocked(Unit(id="phase", kind="dbt_group", blocks=tuple(names[u] for u in ids)))
+        for name in sorted(blocked):
+            self._skip(name, blocked[name])
+        return [u for u in ids if names[u] not in blocked]
+
+    def _invoke_dbt(self, ids: list[str], full_refresh: bool, listener: _BlockListener) -> None:
+        assert self.pipeline.manifest is not None
+        snapshots = snapshot_ids(self.pipeline.manifest, ids) if full_refresh and self.full_refresh_nodes else []
+        moved = set_aside_snapshots(self.pipeline.manifest, snapshots) if snapshots else {}
+        succeeded: set[str] = set()
+        try:
+            outcome = self.executor.run_nodes(
+                self.pipeline.manifest, ids, context=self.context, listener=listener,
+                command="build", full_refresh=full_refresh,
+            )
+            succeeded = {u for u, r in outcome.results.items() if r.ok}
+        finally:
+            settle_snapshots(self.pipeline.manifest, moved, succeeded)
         self.summary.dbt_invocations += 1
 
     def _run_block(self, name: str) -> None:

@@ -1,3 +1,142 @@
-"""refresh_cmds: commands registered on the mage-dbt app (filled in by its feature)."""
+"""`mage-dbt full-refresh`, `status` and `rebuild`: rebuild incremental models safely, see when to.
 
-from mage_dbt.cli import app  # noqa: F401
+Every check happens before a flow run starts (unknown pipeline or project, a selector matching no
+incremental model, a bad date range); user mistakes print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from mage_dbt.cli import app
+from mage_dbt.cli.console import console
+from mage_dbt.cli.options import ProjectDir, Target, parse_vars, settings_for
+from mage_dbt.dates import parse_execution_date
+
+STATE_STYLE = {"up to date": "green", "drifted": "bold red", "not built": "yellow", "unknown": "magenta",
+               "COMPLETED": "green", "FAILED": "bold red"}
+Select = typer.Option(..., "--select", "-s", help="dbt selector or block name (repeatable); only incremental models it matches are rebuilt.")
+Var = typer.Option(None, "--var", help="Extra dbt var KEY=VALUE (repeatable).")
+
+
+@app.command("full-refresh")
+def full_refresh(
+    name: str = typer.Argument(..., help="Pipeline (flows/<name>.yaml) or dbt project (dbt_projects/<name>)."),
+    select: list[str] = Select,
+    downstream: bool = typer.Option(False, "--downstream", help="Also run the models downstream of them (no full refresh)."),
+    include_snapshots: bool = typer.Option(False, "--include-snapshots", help="Also rebuild matching snapshots: their history is lost."),
+    execution_date: Optional[str] = typer.Option(None, "--execution-date", "-d", help="YYYY-MM-DD or ISO timestamp (default: now)."),
+    target: Optional[str] = Target,
+    var: Optional[list[str]] = Var,
+    project_dir: Optional[Path] = ProjectDir,
+) -> int:
+    """Rebuild ONLY the selected incremental models from scratch (dbt --full-refresh), as a Prefect flow run."""
+    from mage_dbt.cli.run_cmds import print_summary
+    from mage_dbt.full_refresh import describe_plan, plan_full_refresh, resolve_refresh_target
+    from mage_dbt.prefect_setup import run_flow_quietly
+
+    settings = settings_for(project_dir)
+    resolved, is_pipeline = resolve_refresh_target(settings, name, target)
+    plan = plan_full_refresh(resolved, select, downstream=downstream, include_snapshots=include_snapshots)
+    when = parse_execution_date(execution_date, resolved.spec.timezone) if execution_date else None
+    variables = parse_vars(var) or None
+    console.print(describe_plan(plan))
+    if is_pipeline:
+        from mage_dbt.flows import pipeline_flow
+
+        summary = run_flow_quietly(
+            pipeline_flow, pipeline=name, execution_date=when, full_refresh=True, select=plan.blocks,
+            full_refresh_select=list(plan.refresh), target=target, vars=variables,
+        )
+    else:
+        from mage_dbt.rebuild import dbt_project_refresh_flow
+
+        summary = run_flow_quietly(
+            dbt_project_refresh_flow, dbt_project=name, select=list(select), downstream=downstream,
+            include_snapshots=include_snapshots, execution_date=when, target=target, vars=variables,
+        )
+    print_summary(summary)
+    return 0 if all(r["status"] == "success" for r in summary["results"].values()) else 1
+
+
+@app.command()
+def status(
+    pipeline: str = typer.Argument(..., help="Pipeline name: flows/<name>.yaml"),
+    execution_date: Optional[str] = typer.Option(None, "--execution-date", "-d", help="Date the models compile for (default: now)."),
+    target: Optional[str] = Target,
+    project_dir: Optional[Path] = ProjectDir,
+) -> int:
+    """Show each incremental model of PIPELINE: up to date, drifted (which columns) or not built."""
+    from datetime import datetime, timezone
+
+    from mage_dbt.context import make_context
+    from mage_dbt.drift import detect_drift
+    from mage_dbt.pipeline import load_pipeline
+
+    settings = settings_for(project_dir)
+    resolved = load_pipeline(settings, pipeline, target=target)
+    spec = resolved.spec
+    when = parse_execution_date(execution_date, spec.timezone) if execution_date else datetime.now(timezone.utc)
+    context = make_context(resolved.name, when, interval=spec.interval, timezone=spec.timezone,
+                           vars=spec.vars, target=target or spec.target)
+    states = detect_drift(resolved, context)
+    if not states:
+        console.print(f"pipeline {resolved.name} has no incremental models")
+        return 0
+    table = Table(title=f"{resolved.name}: incremental models (on_drift: {spec.on_drift})", title_justify="left")
+    for column in ("model", "relation", "status", "changes"):
+        table.add_column(column, overflow="fold")
+    for state in states:
+        style = STATE_STYLE.get(state.status, "")
+        table.add_row(state.block, state.relation.replace('"', ""), f"[{style}]{state.status}[/]", state.describe())
+    console.print(table)
+    drifted = [s.block for s in states if s.status == "drifted"]
+    if drifted:
+        from mage_dbt.drift import fix_command
+
+        console.print(f"rebuild: {fix_command(resolved, drifted)}")
+    return 0
+
+
+@app.command()
+def rebuild(
+    pipeline: str = typer.Argument(..., help="Pipeline name: flows/<name>.yaml"),
+    select: list[str] = Select,
+    start: str = typer.Option(..., "--start", help="First date: the models are rebuilt from scratch for it."),
+    end: str = typer.Option(..., "--end", help="Last date, inclusive: every date in between runs in order."),
+    target: Optional[str] = Target,
+    var: Optional[list[str]] = Var,
+    project_dir: Optional[Path] = ProjectDir,
+) -> int:
+    """Full-refresh the selected incremental models for --start, then run them for each date to --end."""
+    from mage_dbt.full_refresh import plan_full_refresh
+    from mage_dbt.pipeline import load_pipeline
+    from mage_dbt.prefect_setup import run_flow_quietly
+    from mage_dbt.rebuild import rebuild_dates, rebuild_flow
+
+    settings = settings_for(project_dir)
+    resolved = load_pipeline(settings, pipeline, target=target)
+    plan = plan_full_refresh(resolved, select)
+    dates = rebuild_dates(settings, pipeline, start, end, target)
+    console.print(f"rebuild of {', '.join(plan.refresh)}: full refresh for {dates[0].date()}, "
+                  f"then {len(dates) - 1} more date(s) in order")
+    summary = run_flow_quietly(
+        rebuild_flow, pipeline=pipeline, select=list(plan.refresh), start=dates[0], end=dates[-1],
+        target=target, vars=parse_vars(var) or None,
+    )
+    table = Table(title=f"rebuild {pipeline}: {', '.join(summary['models'])}", title_justify="left")
+    for column in ("execution date", "full refresh", "state", "flow run", "failed"):
+        table.add_column(column, overflow="fold")
+    for row in summary["dates"]:
+        style = STATE_STYLE.get(row["state"], "")
+        table.add_row(row["execution_date"], "yes" if row["full_refresh"] else "", f"[{style}]{row['state']}[/]",
+                      row["flow_run_id"], ", ".join(row["failed"]) or (row["message"] or "")[:200])
+    console.print(table)
+    done = sum(1 for r in summary["dates"] if r["state"] == "COMPLETED")
+    console.print(f"{done} of {summary['planned_dates']} dates completed")
+    console.print(f"flow run: {summary['flow_run_id']}")
+    return 0 if done == summary["planned_dates"] else 1
