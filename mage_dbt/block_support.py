@@ -222,8 +222,14 @@ def block_logger(block: str, reporter: Any = None) -> logging.Logger:
     """`mage_dbt.block.<name>`; with a reporter, records also go to the block's task run."""
     logger = logging.getLogger(f"mage_dbt.block.{block}")
     logger.setLevel(logging.INFO)
-    for handler in [h for h in logger.handlers if isinstance(h, _ReporterHandler)]:
-        logger.removeHandler(handler)
+    detach_logger(block)
     if reporter is not None:
         logger.addHandler(_ReporterHandler(reporter, block))
     return logger
+
+
+def detach_logger(block: str) -> None:
+    """Stop sending the block's log records to a task run (at the end of the block)."""
+    logger = logging.getLogger(f"mage_dbt.block.{block}")
+    for handler in [h for h in logger.handlers if isinstance(h, _ReporterHandler)]:
+        logger.removeHandler(handler)

@@ -18,6 +18,7 @@ parse, `ref()` to a missing model, or a block writing a dbt model's own relation
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,12 @@ from mage_dbt.block_support import RELATION_TYPES, Relations
 from mage_dbt.errors import BlockError
 
 TableKey = tuple[str, str]
+# Block options each kind reads (mage_dbt.python_blocks, mage_dbt.sql_blocks). Other keys may
+# belong to other features; only near-misses of these are reported as typos.
+OPTIONS = {
+    "python": ("writes", "poke_interval", "timeout"),
+    "sql": ("dialect", "materialize", "table", "schema", "check"),
+}
 
 
 @dataclass
@@ -43,20 +50,27 @@ def node_key(node: Any) -> TableKey | None:
     return (node.schema.lower(), (node.alias or node.name).lower())
 
 
-def infer_edges(settings: Any, spec: Any, blocks: dict[str, Any], loaded: Any) -> set[tuple[str, str]]:
-    """(upstream, downstream) pairs to add to the pipeline graph (checks every block file)."""
-    io = analyse_blocks(settings, spec, blocks, loaded)
+def infer_edges(settings: Any, spec: Any, blocks: dict[str, Any], loaded: Any,
+                target: str | None = None) -> set[tuple[str, str]]:
+    """(upstream, downstream) pairs to add to the pipeline graph (checks every block file).
+
+    `target` is the run's dbt target; it only matters for pipelines without a `dbt:` section
+    (otherwise the manifest's own target is used)."""
+    io = analyse_blocks(settings, spec, blocks, loaded, target)
     return edges_from(io, blocks, loaded.nodes if loaded is not None else {})
 
 
-def analyse_blocks(settings: Any, spec: Any, blocks: dict[str, Any], loaded: Any) -> dict[str, BlockIO]:
+def analyse_blocks(settings: Any, spec: Any, blocks: dict[str, Any], loaded: Any,
+                   target_name: str | None = None) -> dict[str, BlockIO]:
     from mage_dbt.python_blocks import check_python_block
 
     nodes = loaded.nodes if loaded is not None else {}
     project = loaded.ref.name if loaded is not None else None
-    target = _LazyTargetInfo(settings, spec, loaded)
+    target = _LazyTargetInfo(settings, spec, loaded, target_name)
     result: dict[str, BlockIO] = {}
     for name, block in blocks.items():
+        if block.kind in OPTIONS:
+            _check_options(block.spec, spec.name)
         if block.kind == "python":
             check_python_block(settings, spec.name, block.spec)
             result[name] = BlockIO(name, writes=declared_writes(block.spec, nodes, project, spec.name))
@@ -81,8 +95,8 @@ def _sql_io(settings, spec, block, nodes, project, target) -> BlockIO:
 class _LazyTargetInfo:
     """The target's dialect/schema, rendered from the profile only when a SQL block needs it."""
 
-    def __init__(self, settings: Any, spec: Any, loaded: Any) -> None:
-        self.settings, self.spec, self.loaded = settings, spec, loaded
+    def __init__(self, settings: Any, spec: Any, loaded: Any, target: str | None) -> None:
+        self.settings, self.spec, self.loaded, self.target = settings, spec, loaded, target
         self._info = None
         self.name: str | None = None
 
@@ -92,10 +106,19 @@ class _LazyTargetInfo:
             from mage_dbt.pipeline import dbt_project_ref
             from mage_dbt.sql_blocks import target_info
 
-            ref = self.loaded.ref if self.loaded is not None else dbt_project_ref(self.settings, self.spec, None)
+            ref = self.loaded.ref if self.loaded is not None else dbt_project_ref(self.settings, self.spec, self.target)
             target = target_for_ref(ref)
             self._info, self.name = target_info(target), target.target_name
         return self._info
+
+
+def _check_options(block_spec: Any, pipeline: str) -> None:
+    known = OPTIONS[block_spec.type]
+    for key in block_spec.model_extra or {}:
+        close = difflib.get_close_matches(key, [*known, "upstream", "file"], n=1, cutoff=0.75)
+        if key not in known and close:
+            raise BlockError(f"block '{block_spec.name}' (flows/{pipeline}.yaml): unknown option '{key}'",
+                             hint=f"did you mean '{close[0]}'? {block_spec.type} blocks read: {', '.join(known)}")
 
 
 def declared_writes(block_spec: Any, nodes: dict[str, Any], project: str | None, pipeline: str) -> set[TableKey]:

@@ -130,7 +130,7 @@ def build_pipeline(
         )
     _check_upstreams(spec, blocks)
     graph = _graph(blocks)
-    for up, down in _inferred_edges(settings, spec, blocks, loaded):
+    for up, down in _inferred_edges(settings, spec, blocks, loaded, target or spec.target):
         graph.add_edge(up, down)
     _reject_cycles(spec, graph)
     blocks = {n: _with_upstream(b, graph) for n, b in blocks.items()}
@@ -182,10 +182,10 @@ def _graph(blocks: dict[str, Block]) -> nx.DiGraph:
     return graph
 
 
-def _inferred_edges(settings, spec, blocks, loaded) -> set[tuple[str, str]]:
+def _inferred_edges(settings, spec, blocks, loaded, target=None) -> set[tuple[str, str]]:
     from mage_dbt.edges import infer_edges
 
-    return infer_edges(settings, spec, blocks, loaded)
+    return infer_edges(settings, spec, blocks, loaded, target=target)
 
 
 def _reject_cycles(spec: PipelineSpec, graph: nx.DiGraph) -> None:

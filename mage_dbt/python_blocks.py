@@ -237,7 +237,7 @@ def context_kwargs(block_name: str, env: BlockEnv, warehouse: Any, relations: An
 
 def run_python_block(block: Any, env: BlockEnv) -> BlockOutcome:
     """Run the block function on its upstream outputs, then its @test functions on the output."""
-    from mage_dbt.block_support import LazyWarehouse, Relations, block_target
+    from mage_dbt.block_support import LazyWarehouse, Relations, block_target, detach_logger
 
     spec, settings = block.spec, env.settings
     info = check_python_block(settings, env.pipeline.name, spec)
@@ -262,6 +262,7 @@ def run_python_block(block: Any, env: BlockEnv) -> BlockOutcome:
                 raise BlockError(f"{label}: @test {test.__name__} failed: {reason}") from None
     finally:
         warehouse.close()
+        detach_logger(block.name)
     return BlockOutcome(output=output, rows=_rows(output),
                         message=f"{getattr(func, KIND_ATTR)} {func.__name__}: {_describe(output)}"
                         + (f"; {len(tests)} test(s) passed" if tests else ""))

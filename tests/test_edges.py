@@ -94,6 +94,17 @@ def test_writing_a_models_relation_or_an_unknown_source_is_refused(project):
             {"name": "land", "type": "python", "file": "flows/x/load.py", "writes": ["source:landing.order"]}]})
 
 
+def test_misspelt_block_options_are_reported_before_the_run(project):
+    with pytest.raises(BlockError, match=r"block 'report' \(flows/edges_e.yaml\): unknown option 'materialise'"
+                                         r" — did you mean 'materialize'\?"):
+        _load(project, "edges_e", {"blocks": [
+            {"name": "report", "type": "sql", "file": "flows/edges_e/report.sql", "materialise": "table"},
+        ]}, {"flows/edges_e/report.sql": "select 1 as n\n"})
+    with pytest.raises(BlockError, match="unknown option 'write' — did you mean 'writes'"):
+        _load(project, "edges_f", {"blocks": [
+            {"name": "land", "type": "python", "file": "flows/x/load.py", "write": ["side.t"]}]})
+
+
 def test_cycles_through_inferred_edges_are_rejected_with_the_cycle(project):
     spec = {"blocks": [{"name": "relander", "type": "python", "file": "flows/x/export.py",
                         "upstream": ["landed_orders_daily"], "writes": ["source:landing.orders"]}]}
