@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import traceback
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping
 
 import jinja2
@@ -33,7 +32,7 @@ from sqlglot import exp
 from sqlglot.errors import ErrorLevel, ParseError, TokenError, UnsupportedError
 
 from mage_dbt.block_runners import BlockEnv, BlockOutcome
-from mage_dbt.block_support import Relations, RelationLookupError
+from mage_dbt.block_support import Relations
 from mage_dbt.errors import BlockError
 
 MATERIALIZATIONS = ("table", "view")
