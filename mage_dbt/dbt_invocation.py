@@ -11,6 +11,7 @@ Prefect task runs can start when dbt starts a node and end with dbt's own status
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -18,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 _DBT_LOCK = threading.RLock()
 
@@ -63,6 +64,22 @@ class InvocationOutcome:
     results: dict[str, NodeResult]
     error: str | None
     raw: Any = None
+
+
+def dbt_lock() -> threading.RLock:
+    """The process-wide lock around anything that touches dbt's global state."""
+    return _DBT_LOCK
+
+
+@contextlib.contextmanager
+def working_directory(path: Path) -> Iterator[None]:
+    """Temporarily run in `path` (process-wide: hold `dbt_lock()` while inside)."""
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 def invoke_dbt(

@@ -20,10 +20,12 @@ statements a snapshot rebuild needs (see `mage_dbt.full_refresh`).
 from __future__ import annotations
 
 import json
+import os
 import re
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from mage_dbt.context import RunContext
@@ -271,6 +273,7 @@ def detect_drift(pipeline: Pipeline, context: RunContext, names: Sequence[str] |
     built = [n for n in names if tables[n] is not None]
     vars_key = json.dumps({k: v for k, v in context.vars.items()}, sort_keys=True, default=str)
     keys = {n: (loaded.key, ref.target, nodes[n].unique_id, vars_key) for n in built}
+    _QUERY_COLUMNS.update(_load_disk_cache(ref, loaded.key))
     todo = [n for n in built if keys[n] not in _QUERY_COLUMNS]
     compiled = compile_models(loaded, [nodes[n].unique_id for n in todo], context) if todo else {}
     states: list[ModelDrift] = []
@@ -296,7 +299,40 @@ def detect_drift(pipeline: Pipeline, context: RunContext, names: Sequence[str] |
             added, removed, changed = compare_columns(tables[name], query)  # type: ignore[arg-type]
             status = DRIFTED if (added or removed or changed) else UP_TO_DATE
             states.append(ModelDrift(status=status, added=added, removed=removed, changed=changed, **base))
+    if todo:
+        _save_disk_cache(ref, loaded.key)
     return states
+
+
+def _disk_cache_file(ref: DbtProjectRef, key: str) -> Path:
+    return ref.data_dir / "drift_cache" / f"{ref.name}-{ref.target or 'default'}-{key}.json"
+
+
+def _load_disk_cache(ref: DbtProjectRef, key: str) -> dict:
+    """Query columns found by earlier processes for this project revision and target.
+
+    A model's query columns change only with its SQL (the manifest key) or its upstream
+    relations, and models are built from the same revision; only a source table changing shape
+    outside dbt goes unnoticed until the next revision: the price of not compiling every run.
+    """
+    try:
+        raw = json.loads(_disk_cache_file(ref, key).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {(key, ref.target, item["unique_id"], item["vars"]): dict(item["columns"]) for item in raw}
+
+
+def _save_disk_cache(ref: DbtProjectRef, key: str) -> None:
+    items = [
+        {"unique_id": uid, "vars": vars_key, "columns": list(columns.items())}
+        for (k, target, uid, vars_key), columns in _QUERY_COLUMNS.items()
+        if k == key and target == ref.target
+    ]
+    path = _disk_cache_file(ref, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(items))
+    os.replace(tmp, path)
 
 
 @contextmanager

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mage_dbt.dbt_invocation import error_text, invoke_dbt
+from mage_dbt.dbt_invocation import dbt_lock, error_text, invoke_dbt, working_directory
 from mage_dbt.errors import DbtProjectError, SelectionError
 from mage_dbt.manifest_pickle import FORMAT as PICKLE_FORMAT
 from mage_dbt.manifest_pickle import dumps as pickle_dumps
@@ -75,6 +75,7 @@ class LoadedManifest:
     nodes: dict[str, DbtNode]
     _manifest_file: Path
     _dbt_manifest: Any = None
+    _graph: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -93,11 +94,16 @@ class LoadedManifest:
         from dbt.graph.cli import parse_difference
 
         manifest = self.dbt_manifest
-        linker = Linker()
-        linker.link_graph(manifest)
+        with self._lock:
+            if self._graph is None:
+                linker = Linker()
+                linker.link_graph(manifest)
+                self._graph = linker.graph
         try:
             spec = parse_difference(list(select) if select else None, list(exclude) if exclude else None)
-            chosen = NodeSelector(Graph(linker.graph), manifest).get_selected(spec, warn_on_no_nodes=False)
+            # dbt resolves `path:` selectors against the working directory, as its CLI runs there.
+            with dbt_lock(), working_directory(self.ref.project_dir):
+                chosen = NodeSelector(Graph(self._graph), manifest).get_selected(spec, warn_on_no_nodes=False)
         except Exception as exc:  # dbt raises a zoo of types for malformed selectors
             raise SelectionError(
                 f"invalid dbt selector {select!r}: {str(exc).splitlines()[0]}",

@@ -1,146 +1,187 @@
-"""Per-block Prefect task runs, reported off the hot path.
+"""Per-block Prefect task runs, reported the way Prefect's own task engine reports them.
 
-dbt calls our listener from its worker threads; talking to the Prefect API there would slow dbt
-down. `TaskRunReporter` queues each event and a few background threads (sharded by block, so one
-block's events stay in order) create the task runs and move them through Running → final state.
-Task run ids are generated client-side, so "finish" never waits for "create" to return.
-States: Completed, Failed (with dbt's message) and Cancelled named "Skipped" for blocks that did
-not run because an upstream failed.
+Prefect 3 orchestrates task runs client-side: the engine builds the TaskRun locally and emits
+`prefect.task-run.<State>` events, which the server's task-run recorder persists. We do the same
+for every block, so reporting costs dbt nothing (events are queued and sent in batches over one
+websocket by Prefect's EventsWorker) and every state carries the moment it really happened
+(dbt's NodeStart / NodeFinished), not the moment an API call got through. Block logs go through
+Prefect's batched APILogWorker. States: Running → Completed / Failed (dbt's message), and
+Cancelled named "Skipped" for blocks that did not run because an upstream failed.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
-import queue
 import threading
-import zlib
-from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 from uuid import UUID, uuid4
 
-from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.objects import StateDetails, StateType, TaskRun, TaskRunPolicy, TaskRunResult
 from prefect.states import State
+from prefect.utilities.engine import emit_task_run_state_change_event
 
 LOG = logging.getLogger("mage_dbt.task_runs")
 SKIPPED = "Skipped"
-
-
-@dataclass(frozen=True)
-class _TaskIdentity:
-    """The attributes `create_task_run` reads from a Task, without building Task objects."""
-
-    name: str
-    task_key: str
-    tags: tuple[str, ...] = ()
-    version: str | None = None
-    retries: int = 0
-    retry_delay_seconds: int = 0
-    retry_jitter_factor: float | None = None
-
-
-@dataclass
-class _Run:
-    id: UUID
-    name: str
-    created: threading.Event = field(default_factory=threading.Event)
+_DEFAULT_NAMES = {
+    StateType.RUNNING: "Running",
+    StateType.COMPLETED: "Completed",
+    StateType.FAILED: "Failed",
+    StateType.CANCELLED: "Cancelled",
+}
 
 
 class TaskRunReporter:
     """Creates one Prefect task run per block inside `flow_run_id` and reports its states."""
 
-    def __init__(self, flow_run_id: UUID | str, *, workers: int = 4) -> None:
+    def __init__(self, flow_run_id: UUID | str) -> None:
         self.flow_run_id = UUID(str(flow_run_id))
-        self._runs: dict[str, _Run] = {}
+        self._runs: dict[str, TaskRun] = {}
+        self._ids: dict[str, UUID] = {}
+        self._last_event: dict[str, Any] = {}
         self._lock = threading.Lock()
-        self._queues = [queue.Queue() for _ in range(workers)]
-        self._threads = [
-            threading.Thread(target=self._work, args=(q,), daemon=True, name=f"mage-dbt-reporter-{i}")
-            for i, q in enumerate(self._queues)
-        ]
+        # dbt calls us from its own threads, which do not inherit the flow run's context; events
+        # are emitted inside a copy of it so Prefect relates them to this flow run.
+        self._context = contextvars.copy_context()
         self.errors: list[str] = []
-        for thread in self._threads:
-            thread.start()
 
-    # -- public API (thread-safe, non-blocking) --------------------------------------------------
+    # -- public API (thread-safe; called from dbt's worker threads) -----------------------------
     def started(self, block: str, *, kind: str, upstream: tuple[str, ...] = (), tags: tuple[str, ...] = ()) -> UUID:
-        run = self._run(block)
-        inputs = {"upstream": [{"input_type": "task_run", "id": str(self._run(u).id)} for u in upstream]}
-        self._put(block, ("create", block, run.id, kind, tags, inputs, State(type=StateType.RUNNING)))
-        return run.id
+        return self._transition(block, kind, upstream, tags, StateType.RUNNING, None, None)
 
     def finished(
         self, block: str, *, ok: bool, message: str | None = None, name: str | None = None, skipped: bool = False
     ) -> None:
         state_type = StateType.CANCELLED if skipped else StateType.COMPLETED if ok else StateType.FAILED
-        self._put(block, ("state", block, self._run(block).id, State(type=state_type, name=name, message=message)))
+        self._transition(block, None, (), (), state_type, name, message)
 
     def skipped(self, block: str, *, kind: str, reason: str, tags: tuple[str, ...] = ()) -> None:
-        run = self._run(block)
-        state = State(type=StateType.CANCELLED, name=SKIPPED, message=reason)
-        self._put(block, ("create", block, run.id, kind, tags, {}, state))
+        self._transition(block, kind, (), tags, StateType.CANCELLED, SKIPPED, reason)
 
     def log(self, block: str, message: str, level: int = logging.INFO) -> None:
-        self._put(block, ("log", block, self._run(block).id, level, message))
+        from prefect.logging.handlers import APILogWorker
+
+        try:
+            APILogWorker.instance().send({
+                "name": "mage_dbt",
+                "level": level,
+                "message": message,
+                "timestamp": datetime.now(timezone.utc).isoformat(),
+                "flow_run_id": str(self.flow_run_id),
+                "task_run_id": str(self._id(block)),
+            })
+        except Exception as exc:  # reporting must never break the run itself
+            self.errors.append(f"log {block}: {exc}")
 
     def close(self) -> None:
-        """Flush every queued event and stop the workers."""
-        for q in self._queues:
-            q.put(None)
-        for thread in self._threads:
-            thread.join()
+        """Send every queued event and log line before the flow run ends."""
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
 
-    # -- internals --------------------------------------------------------------------------------
-    def _run(self, block: str) -> _Run:
-        with self._lock:
-            if block not in self._runs:
-                self._runs[block] = _Run(id=uuid4(), name=block)
-            return self._runs[block]
+        for worker in (APILogWorker, EventsWorker):
+            try:
+                worker.drain_all(timeout=60)
+            except Exception as exc:
+                self.errors.append(f"drain {worker.__name__}: {exc}")
+        self._await_recorded()
 
-    def _put(self, block: str, item: tuple) -> None:
-        self._queues[zlib.crc32(block.encode()) % len(self._queues)].put(item)
+    def _await_recorded(self, timeout: float = 60.0) -> None:
+        """Wait until the server has recorded every final state we sent.
 
-    def _work(self, q: queue.Queue) -> None:
+        The server persists task-run events asynchronously; waiting here means that once the flow
+        run is over, its task runs are complete in the API and the UI (one count query per poll).
+        """
+        import time
+
         from prefect.client.orchestration import get_client
 
-        with get_client(sync_client=True) as client:
-            while (item := q.get()) is not None:
-                try:
-                    self._handle(client, item)
-                except Exception as exc:  # reporting must never break the run itself
-                    self.errors.append(f"{item[0]} {item[1]}: {exc}")
-                    LOG.warning("could not report %s for block %s to Prefect: %s", item[0], item[1], exc)
+        with self._lock:
+            expected = sum(1 for run in self._runs.values() if run.state is not None and run.state.is_final())
+        if not expected:
+            return
+        body = {
+            "flow_runs": {"id": {"any_": [str(self.flow_run_id)]}},
+            "task_runs": {"state": {"type": {"any_": ["COMPLETED", "FAILED", "CANCELLED", "CRASHED"]}}},
+        }
+        deadline = time.monotonic() + timeout
+        try:
+            with get_client(sync_client=True) as client:
+                while time.monotonic() < deadline:
+                    recorded = client.request("POST", "/task_runs/count", json=body).json()
+                    if recorded >= expected:
+                        return
+                    time.sleep(0.1)  # polling the server's recorder, bounded by the deadline
+        except Exception as exc:
+            self.errors.append(f"await recorded: {exc}")
+            return
+        LOG.warning("Prefect recorded only some task runs of flow run %s in %.0fs", self.flow_run_id, timeout)
 
-    def _handle(self, client: Any, item: tuple) -> None:
-        action, block = item[0], item[1]
-        if action == "create":
-            _, _, run_id, kind, tags, inputs, state = item
-            identity = _TaskIdentity(name=block, task_key=f"mage-dbt.{kind}.{block}", tags=("mage-dbt", kind, *tags))
-            client.create_task_run(
-                identity, self.flow_run_id, dynamic_key=block, id=run_id, name=block, state=state,
-                task_inputs=_inputs(inputs),
-            )
-        elif action == "state":
-            _, _, run_id, state = item
-            client.set_task_run_state(run_id, state, force=True)
-        elif action == "log":
-            _, _, run_id, level, message = item
-            _send_log(client, self.flow_run_id, run_id, level, message)
+    # -- internals --------------------------------------------------------------------------------
+    def _id(self, block: str) -> UUID:
+        with self._lock:
+            return self._ids.setdefault(block, uuid4())
 
+    def _transition(self, block, kind, upstream, tags, state_type, name, message) -> UUID:
+        try:
+            with self._lock:
+                run = self._runs.get(block) or self._new_run(block, kind or "block", upstream, tags)
+                previous = run.state
+                state = State(
+                    type=state_type,
+                    name=name or _DEFAULT_NAMES[state_type],
+                    message=message,
+                    state_details=StateDetails(task_run_id=run.id, flow_run_id=self.flow_run_id),
+                )
+                if previous is not None and state.timestamp <= previous.timestamp:
+                    from datetime import timedelta
 
-def _inputs(raw: dict) -> dict:
-    from prefect.client.schemas.objects import TaskRunResult
+                    state.timestamp = previous.timestamp + timedelta(microseconds=1)
+                self._apply(run, previous, state)
+                self._last_event[block] = self._context.copy().run(
+                    emit_task_run_state_change_event,
+                    task_run=run, initial_state=previous, validated_state=state,
+                    follows=self._last_event.get(block),
+                )
+                return run.id
+        except Exception as exc:  # reporting must never break the run itself
+            self.errors.append(f"{state_type.value} {block}: {exc}")
+            LOG.warning("could not report %s for block %s to Prefect: %s", state_type.value, block, exc)
+            return self._ids.get(block) or uuid4()
 
-    return {k: [TaskRunResult(id=UUID(i["id"])) for i in v] for k, v in raw.items() if v}
-
-
-def _send_log(client: Any, flow_run_id: UUID, task_run_id: UUID, level: int, message: str) -> None:
-    from datetime import datetime, timezone
-
-    from prefect.client.schemas.actions import LogCreate
-
-    client.create_logs([
-        LogCreate(
-            name="mage_dbt", level=level, message=message, timestamp=datetime.now(timezone.utc),
-            flow_run_id=flow_run_id, task_run_id=task_run_id,
+    def _new_run(self, block: str, kind: str, upstream: tuple[str, ...], tags: tuple[str, ...]) -> TaskRun:
+        run_id = self._ids.setdefault(block, uuid4())
+        inputs = {}
+        ups = [self._ids.setdefault(u, uuid4()) for u in upstream]
+        if ups:
+            inputs["upstream"] = [TaskRunResult(id=u) for u in ups]
+        now = datetime.now(timezone.utc)
+        run = TaskRun(
+            id=run_id,
+            name=block,
+            flow_run_id=self.flow_run_id,
+            task_key=f"mage-dbt.{kind}.{block}",
+            dynamic_key=block,
+            empirical_policy=TaskRunPolicy(),
+            tags=["mage-dbt", kind, *tags],
+            task_inputs=inputs,
+            expected_start_time=now,
+            created=now,
+            updated=now,
         )
-    ])
+        run.state = None
+        self._runs[block] = run
+        return run
+
+    @staticmethod
+    def _apply(run: TaskRun, previous: State | None, state: State) -> None:
+        """Update the denormalised fields the way Prefect's task engine does."""
+        run.state = state
+        run.state_id, run.state_type, run.state_name = state.id, state.type, state.name
+        if state.type == StateType.RUNNING:
+            run.run_count += 1
+            run.start_time = run.start_time or state.timestamp
+        if previous is not None and previous.type == StateType.RUNNING:
+            run.total_run_time += state.timestamp - previous.timestamp
+        if state.is_final():
+            run.end_time = state.timestamp
