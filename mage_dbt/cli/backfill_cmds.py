@@ -1,3 +1,204 @@
-"""backfill_cmds: commands registered on the mage-dbt app (filled in by its feature)."""
+"""`mage-dbt backfill` (run or resume a date-range backfill) and `mage-dbt backfills` (list them).
 
-from mage_dbt.cli import app  # noqa: F401
+Every check happens before anything starts: the range (end before start, intervals that do not
+divide it, more than the maximum without --yes), the pipeline and selection, concurrency on
+DuckDB, and for a resume the backfill id, a live process and pipeline changes. Then the backfill
+runs as a Prefect flow in this process with a live progress bar.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from mage_dbt.backfill.plan import (
+    MAX_INTERVALS_ENV,
+    BackfillPlan,
+    check_concurrency,
+    check_unchanged,
+    interval_key,
+    interval_label,
+    list_records,
+    load_plan,
+    make_plan,
+    record_path,
+    save_plan,
+)
+from mage_dbt.cli import app
+from mage_dbt.cli.console import console
+from mage_dbt.cli.options import ProjectDir, Target, settings_for
+from mage_dbt.errors import BackfillError
+from mage_dbt.settings import PROJECT_DIR_ENV, ProjectSettings
+
+STATUS_STYLE = {"completed": "green", "failed": "bold red", "crashed": "bold red", "running": "cyan",
+                "cancelled": "yellow", "not started": "dim"}
+
+
+@app.command()
+def backfill(
+    pipeline: Optional[str] = typer.Argument(None, help="Pipeline name: flows/<name>.yaml (not with --resume)."),
+    start: Optional[str] = typer.Option(None, "--start", help="First interval start: YYYY-MM-DD or ISO timestamp."),
+    end: Optional[str] = typer.Option(None, "--end", help="LAST interval start, inclusive: 2024-01-01..2024-01-31 daily is 31 runs."),
+    interval: Optional[str] = typer.Option(None, "--interval", help="hour, day, week or month (default: the pipeline's interval)."),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", "-j", help="Intervals at once, each in its own worker process (not on DuckDB)."),
+    select: Optional[list[str]] = typer.Option(None, "--select", "-s", help="Run only these blocks (dbt selector syntax or block names)."),
+    full_refresh_first: bool = typer.Option(False, "--full-refresh-first", help="Rebuild incremental models from scratch on the first interval."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the intervals and stop."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Allow more intervals than the maximum."),
+    max_intervals: Optional[int] = typer.Option(None, "--max-intervals", envvar=MAX_INTERVALS_ENV, help="Most intervals without --yes (default 366)."),
+    keep_going: bool = typer.Option(False, "--keep-going", help="Go on with later intervals after one fails."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="Resume backfill ID: run only its intervals that did not complete."),
+    force: bool = typer.Option(False, "--force", help="Resume even though the pipeline definition changed."),
+    target: Optional[str] = Target,
+    project_dir: Optional[Path] = ProjectDir,
+) -> int:
+    """Backfill PIPELINE over --start..--end, one Prefect flow run per interval (both ends inclusive)."""
+    settings = settings_for(project_dir)
+    if concurrency is not None and concurrency < 1:
+        raise BackfillError(f"--concurrency {concurrency} must be at least 1")
+    if max_intervals is not None and max_intervals < 1:
+        raise BackfillError(f"--max-intervals {max_intervals} must be at least 1")
+    if resume:
+        conflicting = [flag for flag, value in (
+            ("PIPELINE", pipeline), ("--start", start), ("--end", end), ("--interval", interval),
+            ("--select", select), ("--full-refresh-first", full_refresh_first), ("--target", target),
+        ) if value]
+        if conflicting:
+            raise BackfillError(
+                f"--resume runs the recorded plan of {resume}; it takes no {', '.join(conflicting)}",
+                hint=f"use `mage-dbt backfill --resume {resume}` alone (plus --concurrency/--keep-going/--force)",
+            )
+        plan, todo = _prepare_resume(settings, resume, concurrency=concurrency, force=force)
+        if dry_run:
+            _print_intervals(plan, todo,
+                             title=f"backfill {plan.id}: {len(todo)} of {len(plan.intervals)} intervals to run")
+            return 0
+        if not todo:
+            console.print(f"backfill {plan.id}: all {len(plan.intervals)} intervals completed, nothing to run")
+            return 0
+    else:
+        missing = [flag for flag, value in (("PIPELINE", pipeline), ("--start", start), ("--end", end)) if not value]
+        if missing:
+            raise BackfillError(
+                f"backfill needs {', '.join(missing)}",
+                hint="e.g. mage-dbt backfill demo --start 2024-01-01 --end 2024-01-31 (or --resume ID)",
+            )
+        plan, _ = make_plan(
+            settings, pipeline, start, end, interval=interval, select=select, target=target,
+            full_refresh_first=full_refresh_first, concurrency=concurrency or 1, yes=yes, limit=max_intervals,
+        )
+        if dry_run:
+            _print_intervals(plan, list(plan.intervals),
+                             title=f"{plan.pipeline}: {len(plan.intervals)} {plan.interval} intervals (dry run)")
+            return 0
+        save_plan(settings, plan)
+    return _run(settings, plan, resume=bool(resume), concurrency=concurrency, force=force, keep_going=keep_going)
+
+
+def _prepare_resume(settings: ProjectSettings, backfill_id: str, *, concurrency: int | None, force: bool):
+    """Validate a resume without starting anything; returns the plan and the intervals to run."""
+    from mage_dbt.backfill.lock import is_running
+    from mage_dbt.backfill.state import COMPLETED, interval_statuses
+    from mage_dbt.pipeline import load_pipeline
+
+    plan = load_plan(settings, backfill_id)
+    if is_running(record_path(settings, plan.id).with_suffix(".lock")):
+        raise BackfillError(
+            f"backfill {plan.id} is running right now", hint="wait for it to finish, or stop its process, then resume"
+        )
+    check_unchanged(settings, plan, force=force)
+    resolved = load_pipeline(settings, plan.pipeline, target=plan.target,
+                             select=list(plan.select) if plan.select else None)
+    check_concurrency(resolved, concurrency or plan.concurrency)
+    statuses = interval_statuses(plan)
+    todo = [i for i in plan.intervals if statuses[interval_key(i)].status != COMPLETED]
+    return plan, todo
+
+
+def _run(settings: ProjectSettings, plan: BackfillPlan, *, resume: bool, concurrency: int | None,
+         force: bool, keep_going: bool) -> int:
+    from mage_dbt.backfill.flow import backfill_flow
+    from mage_dbt.backfill.progress import RichProgress, use_sink
+    from mage_dbt.backfill.state import count_statuses, interval_statuses
+    from mage_dbt.prefect_setup import quiet_prefect_console
+
+    quiet_prefect_console()
+    os.environ[PROJECT_DIR_ENV] = str(settings.root)  # the flow finds the project from here
+    console.print(
+        f"backfill [bold]{plan.id}[/]: {plan.pipeline} {plan.start}..{plan.end}, "
+        f"{len(plan.intervals)} {plan.interval} intervals{' (resume)' if resume else ''}"
+    )
+    with use_sink(RichProgress(console)):
+        state = backfill_flow(
+            pipeline=plan.pipeline, start=plan.start, end=plan.end, interval=plan.interval,
+            concurrency=concurrency or plan.concurrency, select=list(plan.select) if plan.select else None,
+            full_refresh_first=plan.full_refresh_first, target=plan.target, backfill_id=plan.id,
+            force=force, keep_going=keep_going, return_state=True,
+        )
+    outcome = state.result(raise_on_failure=False)
+    if isinstance(outcome, BaseException):
+        raise outcome  # the flow stopped before running intervals (e.g. a BackfillError): show it as is
+    counts = count_statuses(interval_statuses(plan))
+    console.print(", ".join(f"{counts[s]} {s}" for s in STATUS_STYLE if counts.get(s)))
+    console.print(f"backfill flow run: {state.state_details.flow_run_id}")
+    if state.is_completed():
+        return 0
+    console.print(f"[bold red]{state.message}[/]")
+    return 1
+
+
+def _print_intervals(plan: BackfillPlan, intervals: list, *, title: str) -> None:
+    table = Table(title=title, title_justify="left")
+    for column in ("#", "execution_date", "interval_start", "interval_end"):
+        table.add_column(column)
+    position = {interval_key(i): n for n, i in enumerate(plan.intervals, start=1)}
+    for interval in intervals:
+        table.add_row(str(position[interval_key(interval)]), interval_label(interval, plan.interval),
+                      interval.start.isoformat(), interval.end.isoformat())
+    console.print(table)
+    console.print(f"{len(intervals)} intervals")
+
+
+@app.command()
+def backfills(
+    backfill_id: Optional[str] = typer.Argument(None, help="Show the intervals of this backfill."),
+    project_dir: Optional[Path] = ProjectDir,
+) -> None:
+    """List backfills with their interval counts per state (from Prefect), or one backfill's intervals."""
+    from mage_dbt.backfill.lock import is_running
+    from mage_dbt.backfill.state import STATUS_ORDER, count_statuses, interval_statuses
+
+    settings = settings_for(project_dir)
+    if backfill_id:
+        plan = load_plan(settings, backfill_id)
+        statuses = interval_statuses(plan)
+        table = Table(title=f"backfill {plan.id}: {plan.pipeline} {plan.start}..{plan.end}", title_justify="left")
+        for column in ("interval", "status", "attempts", "flow run", "message"):
+            table.add_column(column, overflow="fold")
+        for interval in plan.intervals:
+            s = statuses[interval_key(interval)]
+            table.add_row(interval_label(interval, plan.interval), f"[{STATUS_STYLE[s.status]}]{s.status}[/]",
+                          str(s.attempts), s.flow_run_id or "",
+                          (s.message or "")[:200] if s.status != "completed" else "")
+        console.print(table)
+        return
+    records = list_records(settings)
+    if not records:
+        console.print("no backfills yet: start one with mage-dbt backfill PIPELINE --start D1 --end D2")
+        return
+    table = Table(title="backfills", title_justify="left")
+    table.add_column("id", no_wrap=True)
+    for column in ("pipeline", "range", "interval", "intervals", *STATUS_ORDER, "process", "created"):
+        table.add_column(column, overflow="fold")
+    for raw in records:
+        plan = BackfillPlan.from_dict(raw)
+        counts = count_statuses(interval_statuses(plan))
+        alive = is_running(record_path(settings, plan.id).with_suffix(".lock"))
+        table.add_row(plan.id, plan.pipeline, f"{plan.start}..{plan.end}", plan.interval, str(len(plan.intervals)),
+                      *(str(counts.get(s, 0)) for s in STATUS_ORDER), "running" if alive else "-",
+                      plan.created_at[:16].replace("T", " "))
+    console.print(table)

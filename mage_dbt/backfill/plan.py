@@ -1,0 +1,317 @@
+"""Backfill plans: which intervals a backfill covers, its id, and the pipeline it was planned for.
+
+A plan is made once, before anything runs, and recorded under `<data_dir>/backfills/<id>.json`
+(written atomically). Resuming reads the plan back instead of recomputing it, so a resume covers
+exactly the intervals of the original request, in the same timezone.
+
+The plan carries a *pipeline fingerprint*: the hash of the pipeline file and the set of blocks the
+run selects. Resuming a backfill whose fingerprint changed would mix two pipeline definitions in
+one table history, so it is refused (naming what changed) unless `force` is given. Changes to dbt
+model code are allowed on purpose: fixing the model that failed is the usual reason to resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+from mage_dbt.dates import Interval, get_timezone, intervals_between
+from mage_dbt.errors import BackfillError
+from mage_dbt.pipeline import Pipeline, load_pipeline, pipeline_file
+from mage_dbt.settings import ProjectSettings
+
+MAX_INTERVALS_ENV = "MAGE_DBT_BACKFILL_MAX_INTERVALS"
+DEFAULT_MAX_INTERVALS = 366
+TAG_PREFIX = "backfill:"
+
+
+def backfill_tag(backfill_id: str) -> str:
+    """The Prefect tag every flow run of backfill `backfill_id` carries."""
+    return f"{TAG_PREFIX}{backfill_id}"
+
+
+def max_intervals(explicit: int | None = None) -> int:
+    """How many intervals a backfill may have without `--yes`: option, else env, else 366."""
+    if explicit is not None:
+        return explicit
+    raw = os.environ.get(MAX_INTERVALS_ENV)
+    if not raw:
+        return DEFAULT_MAX_INTERVALS
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BackfillError(
+            f"{MAX_INTERVALS_ENV}={raw!r} is not a whole number", hint=f"e.g. {MAX_INTERVALS_ENV}=1000"
+        ) from None
+    if value < 1:
+        raise BackfillError(f"{MAX_INTERVALS_ENV}={value} must be at least 1")
+    return value
+
+
+@dataclass(frozen=True)
+class PipelineFingerprint:
+    """What a backfill's pipeline looked like when the backfill was planned."""
+
+    pipeline_file: str
+    file_sha256: str
+    blocks: tuple[str, ...]
+
+    @classmethod
+    def of(cls, settings: ProjectSettings, pipeline: Pipeline) -> "PipelineFingerprint":
+        path = pipeline_file(settings, pipeline.name)
+        return cls(
+            pipeline_file=str(path.relative_to(settings.root)) if path.is_relative_to(settings.root) else str(path),
+            file_sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+            blocks=tuple(sorted(pipeline.blocks)),
+        )
+
+    def changes_since(self, old: "PipelineFingerprint") -> list[str]:
+        """Human-readable differences from `old` (empty when nothing relevant changed)."""
+        changes = []
+        if self.file_sha256 != old.file_sha256:
+            changes.append(
+                f"{old.pipeline_file} changed (sha256 {old.file_sha256[:12]} -> {self.file_sha256[:12]})"
+            )
+        added = sorted(set(self.blocks) - set(old.blocks))
+        removed = sorted(set(old.blocks) - set(self.blocks))
+        if added:
+            changes.append(f"blocks added: {', '.join(added[:10])}{' ...' if len(added) > 10 else ''}")
+        if removed:
+            changes.append(f"blocks removed: {', '.join(removed[:10])}{' ...' if len(removed) > 10 else ''}")
+        return changes
+
+
+@dataclass(frozen=True)
+class BackfillPlan:
+    """One backfill request, resolved: the intervals to run and how to run them."""
+
+    id: str
+    pipeline: str
+    start: str
+    end: str
+    interval: str
+    timezone: str
+    intervals: tuple[Interval, ...]
+    fingerprint: PipelineFingerprint
+    target: str | None = None
+    select: tuple[str, ...] | None = None
+    full_refresh_first: bool = False
+    concurrency: int = 1
+    created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    @property
+    def tag(self) -> str:
+        return backfill_tag(self.id)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "pipeline": self.pipeline,
+            "start": self.start,
+            "end": self.end,
+            "interval": self.interval,
+            "timezone": self.timezone,
+            "target": self.target,
+            "select": list(self.select) if self.select else None,
+            "full_refresh_first": self.full_refresh_first,
+            "concurrency": self.concurrency,
+            "created_at": self.created_at,
+            "fingerprint": {
+                "pipeline_file": self.fingerprint.pipeline_file,
+                "file_sha256": self.fingerprint.file_sha256,
+                "blocks": list(self.fingerprint.blocks),
+            },
+            "intervals": [[i.start.isoformat(), i.end.isoformat()] for i in self.intervals],
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "BackfillPlan":
+        zone = get_timezone(raw["timezone"])
+        return cls(
+            id=raw["id"],
+            pipeline=raw["pipeline"],
+            start=raw["start"],
+            end=raw["end"],
+            interval=raw["interval"],
+            timezone=raw["timezone"],
+            target=raw.get("target"),
+            select=tuple(raw["select"]) if raw.get("select") else None,
+            full_refresh_first=bool(raw.get("full_refresh_first")),
+            concurrency=int(raw.get("concurrency") or 1),
+            created_at=raw["created_at"],
+            fingerprint=PipelineFingerprint(
+                pipeline_file=raw["fingerprint"]["pipeline_file"],
+                file_sha256=raw["fingerprint"]["file_sha256"],
+                blocks=tuple(raw["fingerprint"]["blocks"]),
+            ),
+            intervals=tuple(
+                Interval(datetime.fromisoformat(s).astimezone(zone), datetime.fromisoformat(e).astimezone(zone))
+                for s, e in raw["intervals"]
+            ),
+        )
+
+
+def interval_key(interval: Interval | datetime) -> str:
+    """A stable key for an interval: its start as a UTC ISO timestamp."""
+    start = interval.start if isinstance(interval, Interval) else interval
+    return start.astimezone(timezone.utc).isoformat()
+
+
+def interval_label(interval: Interval, unit: str) -> str:
+    """How users see an interval: its start date, or the full timestamp for hours."""
+    if unit != "hour" and interval.start.time() == datetime.min.time():
+        return interval.start.date().isoformat()
+    return interval.start.isoformat(timespec="minutes")
+
+
+def make_plan(
+    settings: ProjectSettings,
+    pipeline: str,
+    start: str,
+    end: str,
+    *,
+    interval: str | None = None,
+    select: Sequence[str] | None = None,
+    target: str | None = None,
+    full_refresh_first: bool = False,
+    concurrency: int = 1,
+    yes: bool = False,
+    limit: int | None = None,
+) -> tuple[BackfillPlan, Pipeline]:
+    """Validate a backfill request and resolve it into a plan; nothing is written or started."""
+    if concurrency < 1:
+        raise BackfillError(f"--concurrency {concurrency} must be at least 1")
+    resolved = load_pipeline(settings, pipeline, target=target, select=list(select) if select else None)
+    unit = interval or resolved.spec.interval
+    tz = resolved.spec.timezone
+    cap = max_intervals(limit)
+    try:
+        intervals = intervals_between(start, end, unit, tz, limit=None if yes else cap)
+    except BackfillError as exc:
+        if yes or "more than the maximum" not in exc.message:
+            raise
+        raise BackfillError(
+            exc.message,
+            hint=f"pass --yes to run them all, raise the maximum with --max-intervals or {MAX_INTERVALS_ENV}, "
+            "or narrow the range",
+        ) from None
+    check_concurrency(resolved, concurrency)
+    first, last = intervals[0], intervals[-1]
+    plan = BackfillPlan(
+        id=new_backfill_id(settings, resolved.name, first, last, unit),
+        pipeline=resolved.name,
+        start=interval_label(first, unit),
+        end=interval_label(last, unit),
+        interval=unit,
+        timezone=tz,
+        intervals=tuple(intervals),
+        fingerprint=PipelineFingerprint.of(settings, resolved),
+        target=target,
+        select=tuple(select) if select else None,
+        full_refresh_first=full_refresh_first,
+        concurrency=concurrency,
+    )
+    return plan, resolved
+
+
+def check_concurrency(pipeline: Pipeline, concurrency: int) -> None:
+    """DuckDB takes one writing process per database file: concurrency > 1 is refused there."""
+    if concurrency <= 1 or pipeline.manifest is None:
+        return
+    adapter = getattr(pipeline.manifest.dbt_manifest.metadata, "adapter_type", None)
+    if adapter == "duckdb":
+        raise BackfillError(
+            f"--concurrency {concurrency} needs a warehouse that takes concurrent writers; target "
+            f"'{pipeline.dbt_ref.target if pipeline.dbt_ref and pipeline.dbt_ref.target else 'default'}' "
+            "is DuckDB, whose database file takes one writing process at a time",
+            hint="drop --concurrency (intervals then run one after another), or use a Postgres/BigQuery target",
+        )
+
+
+def check_unchanged(settings: ProjectSettings, plan: BackfillPlan, *, force: bool = False) -> BackfillPlan:
+    """Refuse to resume when the pipeline definition changed, unless `force`; returns the plan to run."""
+    resolved = load_pipeline(
+        settings, plan.pipeline, target=plan.target, select=list(plan.select) if plan.select else None
+    )
+    now = PipelineFingerprint.of(settings, resolved)
+    changes = now.changes_since(plan.fingerprint)
+    if changes and not force:
+        raise BackfillError(
+            f"pipeline '{plan.pipeline}' changed since backfill {plan.id} started: {'; '.join(changes)}",
+            hint=f"resume anyway with --force (intervals already completed keep the old definition's "
+            f"results), or start a new backfill of the range",
+        )
+    return replace(plan, fingerprint=now) if changes else plan
+
+
+def new_backfill_id(settings: ProjectSettings, pipeline: str, first: Interval, last: Interval, unit: str) -> str:
+    stamp = "%Y%m%dT%H%M" if unit == "hour" else "%Y%m%d"
+    while True:
+        candidate = f"{pipeline}-{first.start:{stamp}}-{last.start:{stamp}}-{secrets.token_hex(2)}"
+        if not record_path(settings, candidate).exists():
+            return candidate
+
+
+# --- the local record ----------------------------------------------------------------------------
+
+
+def backfills_dir(settings: ProjectSettings) -> Path:
+    return settings.data_dir / "backfills"
+
+
+def record_path(settings: ProjectSettings, backfill_id: str) -> Path:
+    return backfills_dir(settings) / f"{backfill_id}.json"
+
+
+def save_plan(settings: ProjectSettings, plan: BackfillPlan, *, parent_runs: Sequence[str] | None = None) -> Path:
+    """Write the plan record atomically (temp file + rename): readers never see half a file.
+
+    Without `parent_runs`, the parent flow runs already recorded are kept."""
+    path = record_path(settings, plan.id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if parent_runs is None:
+        parent_runs = json.loads(path.read_text()).get("parent_flow_runs", []) if path.is_file() else []
+    payload = {**plan.to_dict(), "parent_flow_runs": list(parent_runs)}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+def add_parent_run(settings: ProjectSettings, plan: BackfillPlan, flow_run_id: str) -> None:
+    """Remember one more parent flow run (attempt) of the backfill in its record."""
+    runs = read_record(settings, plan.id).get("parent_flow_runs", [])
+    save_plan(settings, plan, parent_runs=[*runs, flow_run_id])
+
+
+def read_record(settings: ProjectSettings, backfill_id: str) -> dict[str, Any]:
+    path = record_path(settings, backfill_id)
+    if not path.is_file() or "/" in backfill_id:
+        known = [p["id"] for p in list_records(settings)[:8]]
+        raise BackfillError(
+            f"unknown backfill id '{backfill_id}': no {path}",
+            hint=f"known backfills: {', '.join(known)}" if known else "no backfill has been started in this project",
+        )
+    return json.loads(path.read_text())
+
+
+def load_plan(settings: ProjectSettings, backfill_id: str) -> BackfillPlan:
+    return BackfillPlan.from_dict(read_record(settings, backfill_id))
+
+
+def list_records(settings: ProjectSettings) -> list[dict[str, Any]]:
+    """Every recorded backfill of this project, newest first."""
+    folder = backfills_dir(settings)
+    records = []
+    for path in folder.glob("*.json") if folder.is_dir() else ():
+        try:
+            records.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return sorted(records, key=lambda r: r.get("created_at", ""), reverse=True)

@@ -1,0 +1,137 @@
+"""What Prefect knows about a backfill: the state of each interval, read from flow runs by tag.
+
+Every interval run is a flow run of the pipeline flow tagged `backfill:<id>`; the backfill itself
+is a flow run of the backfill flow with the same tag. An interval may have several runs (attempts);
+it counts as completed as soon as one of them completed, otherwise its latest run decides.
+Runs left RUNNING by a process that died (SIGKILL, power loss) are marked CRASHED on resume, once
+the backfill's lock shows that no process of it is alive.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Iterable
+
+from mage_dbt.backfill.plan import BackfillPlan, backfill_tag, interval_key
+
+COMPLETED, FAILED, CRASHED, RUNNING, CANCELLED, NOT_STARTED = (
+    "completed", "failed", "crashed", "running", "cancelled", "not started",
+)
+STATUS_ORDER = (COMPLETED, FAILED, CRASHED, CANCELLED, RUNNING, NOT_STARTED)
+_LIVE = {"RUNNING", "PENDING", "SCHEDULED", "PAUSED", "CANCELLING"}
+_PAGE = 200
+
+
+@dataclass(frozen=True)
+class IntervalStatus:
+    """The backfill-level state of one interval."""
+
+    key: str
+    status: str
+    attempts: int = 0
+    flow_run_id: str | None = None
+    message: str | None = None
+
+
+def read_runs(backfill_id: str, flow_name: str, client: Any = None) -> list[Any]:
+    """Every flow run of flow `flow_name` tagged with the backfill, oldest first."""
+    if client is None:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as own:
+            return read_runs(backfill_id, flow_name, own)
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterTags
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    runs: list[Any] = []
+    while True:
+        page = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[backfill_tag(backfill_id)])),
+            sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+            limit=_PAGE,
+            offset=len(runs),
+        )
+        runs.extend(page)
+        if len(page) < _PAGE:
+            return sorted(runs, key=lambda r: r.created or datetime.min)
+
+
+def _status_of(run: Any) -> str:
+    state_type = run.state.type.value if run.state else "PENDING"
+    if state_type == "COMPLETED":
+        return COMPLETED
+    if state_type in ("FAILED",):
+        return FAILED
+    if state_type == "CRASHED":
+        return CRASHED
+    if state_type == "CANCELLED":
+        return CANCELLED
+    return RUNNING
+
+
+def run_interval_key(run: Any) -> str | None:
+    """The interval a pipeline flow run processed, from its `execution_date` parameter."""
+    value = (run.parameters or {}).get("execution_date")
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    return interval_key(value) if isinstance(value, datetime) and value.tzinfo else None
+
+
+def interval_statuses(plan: BackfillPlan, runs: Iterable[Any] | None = None) -> dict[str, IntervalStatus]:
+    """The status of every interval of `plan`, keyed like `interval_key`, in date order."""
+    from mage_dbt.flows import FLOW_NAME
+
+    if runs is None:
+        runs = read_runs(plan.id, FLOW_NAME)
+    by_key: dict[str, list[Any]] = {}
+    for run in runs:
+        key = run_interval_key(run)
+        if key is not None:
+            by_key.setdefault(key, []).append(run)
+    out: dict[str, IntervalStatus] = {}
+    for interval in plan.intervals:
+        key = interval_key(interval)
+        attempts = by_key.get(key, [])
+        if not attempts:
+            out[key] = IntervalStatus(key=key, status=NOT_STARTED)
+            continue
+        done = [r for r in attempts if _status_of(r) == COMPLETED]
+        chosen = done[-1] if done else attempts[-1]
+        out[key] = IntervalStatus(
+            key=key, status=_status_of(chosen), attempts=len(attempts), flow_run_id=str(chosen.id),
+            message=chosen.state.message if chosen.state else None,
+        )
+    return out
+
+
+def count_statuses(statuses: dict[str, IntervalStatus]) -> Counter:
+    return Counter(s.status for s in statuses.values())
+
+
+def mark_crashed(backfill_id: str, *, keep: Iterable[str] = (), reason: str) -> list[str]:
+    """Mark the backfill's unfinished flow runs CRASHED (their process is gone); returns their names.
+
+    Only call this while holding the backfill's lock: then no live process can own these runs.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed
+
+    from mage_dbt.backfill.flow import BACKFILL_FLOW_NAME
+    from mage_dbt.flows import FLOW_NAME
+
+    keep_ids = {str(k) for k in keep}
+    marked = []
+    with get_client(sync_client=True) as client:
+        for flow_name in (FLOW_NAME, BACKFILL_FLOW_NAME):
+            for run in read_runs(backfill_id, flow_name, client):
+                if str(run.id) in keep_ids or not run.state or run.state.type.value not in _LIVE:
+                    continue
+                client.set_flow_run_state(run.id, Crashed(message=reason), force=True)
+                marked.append(run.name)
+    return marked
