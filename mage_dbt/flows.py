@@ -105,15 +105,21 @@ def pipeline_flow(
         refresh_nodes = plan_run_refresh(resolved, context, full_refresh_select, check_drift=check_drift, logger=logger)
     except MageDbtError as exc:  # drift with on_drift: fail, or a bad full_refresh_select: nothing ran
         return Failed(message=exc.one_line(), data=exc)  # returned, not raised: no traceback on the CLI
-    reporter = TaskRunReporter(run_id) if ctx and ctx.flow_run else None
+    retry = retry_outputs(settings, resolved.name, run_id, ctx.flow_run.tags if ctx and ctx.flow_run else ())
+    return run_and_report(settings, resolved, context, logger, full_refresh_nodes=refresh_nodes, **retry)
+
+
+def run_and_report(settings, resolved, context, logger, **runner_options):
+    """Run a resolved pipeline inside the current flow run: task runs per block, a summary file
+    and log lines, and the flow run's final state (Failed, with the summary, when a block failed)."""
+    ctx = FlowRunContext.get()
+    reporter = TaskRunReporter(context.run_id) if ctx and ctx.flow_run else None
     try:
-        retry = retry_outputs(settings, resolved.name, run_id, ctx.flow_run.tags if ctx and ctx.flow_run else ())
-        summary = PipelineRunner(settings, resolved, context, reporter=reporter,
-                                 full_refresh_nodes=refresh_nodes, **retry).run()
+        summary = PipelineRunner(settings, resolved, context, reporter=reporter, **runner_options).run()
     finally:
         if reporter:
             reporter.close()
-    _write_summary(settings, run_id, summary)
+    _write_summary(settings, context.run_id, summary)
     for line in summary_lines(summary):
         logger.info(line)
     if summary.ok:

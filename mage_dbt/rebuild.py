@@ -21,12 +21,10 @@ from prefect.states import Completed, Failed
 from mage_dbt.context import make_context
 from mage_dbt.dates import intervals_between
 from mage_dbt.errors import MageDbtError
-from mage_dbt.flows import _write_summary, pipeline_flow, scheduled_time, summary_lines
+from mage_dbt.flows import pipeline_flow, run_and_report, scheduled_time
 from mage_dbt.full_refresh import plan_full_refresh, resolve_refresh_target
 from mage_dbt.pipeline import load_pipeline, restrict
-from mage_dbt.runner import PipelineRunner
 from mage_dbt.settings import load_settings
-from mage_dbt.task_runs import TaskRunReporter
 
 REBUILD_FLOW = "mage-dbt-rebuild"
 DBT_PROJECT_REFRESH_FLOW = "mage-dbt-full-refresh"
@@ -160,16 +158,4 @@ def dbt_project_refresh_flow(
     except MageDbtError as exc:
         return Failed(message=exc.one_line(), data=exc)
     logger.info("dbt project %s: full refresh of %s", dbt_project, ", ".join(plan.refresh))
-    reporter = TaskRunReporter(run_id) if ctx and ctx.flow_run else None
-    try:
-        summary = PipelineRunner(settings, resolved, context, reporter=reporter, full_refresh_nodes=refresh).run()
-    finally:
-        if reporter:
-            reporter.close()
-    _write_summary(settings, run_id, summary)
-    for line in summary_lines(summary):
-        logger.info(line)
-    if summary.ok:
-        return Completed(message=f"{len(summary.results)} blocks succeeded", data=summary.to_dict())
-    failed = summary.names("failed")
-    return Failed(message=f"{len(failed)} block(s) failed: {', '.join(failed[:10])}", data=summary.to_dict())
+    return run_and_report(settings, resolved, context, logger, full_refresh_nodes=refresh)

@@ -244,8 +244,8 @@ def check_unchanged(settings: ProjectSettings, plan: BackfillPlan, *, force: boo
     if changes and not force:
         raise BackfillError(
             f"pipeline '{plan.pipeline}' changed since backfill {plan.id} started: {'; '.join(changes)}",
-            hint=f"resume anyway with --force (intervals already completed keep the old definition's "
-            f"results), or start a new backfill of the range",
+            hint="resume anyway with --force (intervals already completed keep the old definition's "
+            "results), or start a new backfill of the range",
         )
     return replace(plan, fingerprint=now) if changes else plan
 

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from mage_dbt.errors import BlockError, ConfigError
 from mage_dbt.warehouse.base import Columns, Params, SqlWarehouse, WriteRequest
-from mage_dbt.warehouse.frames import arrow_family, first_line, to_pandas
+from mage_dbt.warehouse.frames import arrow_family, to_pandas
 
 _DDL_TYPES: dict[str, str] = {
     "float": "DOUBLE", "text": "VARCHAR", "bool": "BOOLEAN", "date": "DATE", "time": "TIME",
