@@ -22,6 +22,10 @@ def quiet_prefect_console() -> None:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     for name in ("prefect", "prefect.flow_runs", "prefect.task_runs", "prefect.server", "uvicorn", "httpx"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Prefect's event and log workers warn while they drain at the end of a run ("Still processing
+    # items"): routine, and noise on a terminal (and it would break a progress bar's line).
+    for name in ("EventsWorker", "APILogWorker"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def run_flow_quietly(flow: Callable[..., Any], **parameters: Any) -> dict:

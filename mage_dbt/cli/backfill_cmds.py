@@ -8,7 +8,6 @@ runs as a Prefect flow in this process with a live progress bar.
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Optional
@@ -128,10 +127,6 @@ def _run(settings: ProjectSettings, plan: BackfillPlan, *, resume: bool, concurr
     from mage_dbt.prefect_setup import quiet_prefect_console
 
     quiet_prefect_console()
-    # Prefect's event and log workers warn while they drain ("Still processing items"): between
-    # two intervals that is routine, and it would break the progress bar's line.
-    for name in ("EventsWorker", "APILogWorker"):
-        logging.getLogger(name).setLevel(logging.ERROR)
     os.environ[PROJECT_DIR_ENV] = str(settings.root)  # the flow finds the project from here
     console.print(
         f"backfill [bold]{plan.id}[/]: {plan.pipeline} {plan.start}..{plan.end}, "
