@@ -29,11 +29,12 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
-import psycopg2
 from psycopg2 import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import common  # noqa: E402
 from mage_dbt.warehouse import TargetConfig, connect, resolve_target  # noqa: E402
 
 PROFILE = """
@@ -76,17 +77,7 @@ def timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - begin
 
 
-def admin(statement: sql.Composable) -> None:
-    conn = psycopg2.connect(host=os.environ.get("PGHOST", "127.0.0.1"),
-                            port=int(os.environ.get("PGPORT", "5432")),
-                            user=os.environ.get("PGUSER", "postgres"),
-                            password=os.environ.get("PGPASSWORD") or None, dbname="postgres")
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement)
-    finally:
-        conn.close()
+admin = common.pg_admin
 
 
 def sqlalchemy_engine(target: TargetConfig) -> Any:

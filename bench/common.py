@@ -21,7 +21,7 @@ import urllib.request
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = REPO_ROOT / "bench"
@@ -194,23 +194,26 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-@contextlib.contextmanager
-def postgres_database(name: str) -> Iterator[dict[str, str]]:
-    """Create a dedicated Postgres database, yield the PG* env pointing at it, drop it at the end."""
+def pg_admin(statement: Any) -> None:
+    """Run one statement (str or psycopg2 Composable) on the server's `postgres` database, autocommit."""
     import psycopg2  # imported here: the DuckDB-only benchmarks do not need a Postgres driver
 
     conn_env = pg_env()
+    conn = psycopg2.connect(host=conn_env["PGHOST"], port=conn_env["PGPORT"], user=conn_env["PGUSER"],
+                            password=os.environ.get("PGPASSWORD") or None, dbname="postgres")
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement)
+    finally:
+        conn.close()
 
-    def admin(sql: str) -> None:
-        conn = psycopg2.connect(host=conn_env["PGHOST"], port=conn_env["PGPORT"],
-                                user=conn_env["PGUSER"], dbname="postgres")
-        conn.autocommit = True
-        try:
-            with conn.cursor() as cur:
-                cur.execute(sql)
-        finally:
-            conn.close()
 
+@contextlib.contextmanager
+def postgres_database(name: str) -> Iterator[dict[str, str]]:
+    """Create a dedicated Postgres database, yield the PG* env pointing at it, drop it at the end."""
+    conn_env = pg_env()
+    admin = pg_admin
     admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     admin(f'CREATE DATABASE "{name}"')
     try:
