@@ -2,7 +2,8 @@
 
 The runner decides *what* to run (an exact node list, a context); an executor decides *how*. The
 in-process executor runs the list as ONE dbt invocation against the cached, parsed manifest, with
-the exact nodes selected by FQN and `--indirect-selection empty` (no extra tests sneak in). The
+the exact nodes selected by FQN (folder prefixes where that is exact, see node_selection) and
+`--indirect-selection empty` (no extra tests sneak in). The
 node list goes to dbt as a Python list, never through a shell command line, so huge selections
 cannot overflow ARG_MAX. Other executors (a subprocess worker, dbt Cloud) plug in here.
 """
@@ -23,6 +24,7 @@ from mage_dbt.dbt_invocation import (
     results_from_run,
 )
 from mage_dbt.manifest import LoadedManifest
+from mage_dbt.node_selection import compact_selectors
 
 
 class DbtExecutor(Protocol):
@@ -39,8 +41,8 @@ class DbtExecutor(Protocol):
 
 
 def node_args(loaded: LoadedManifest, unique_ids: Sequence[str]) -> list[str]:
-    """Selection flags that make dbt run exactly `unique_ids`."""
-    selectors = [loaded.nodes[u].selector for u in unique_ids]
+    """Selection flags that make dbt run exactly `unique_ids` (folder prefixes where exact)."""
+    selectors = compact_selectors(loaded.dbt_manifest, unique_ids) or [loaded.nodes[u].selector for u in unique_ids]
     return ["--select", *selectors, "--indirect-selection", "empty"]
 
 
