@@ -139,7 +139,7 @@ class Catalog:
 
         DuckDB takes one writer per file, so never hold this open while dbt runs.
         """
-        from mage_dbt.warehouse import connect
+        from mage_dbt.warehouse.connections import connect_raw
 
         target = target_config(ref)
         if target.type not in SUPPORTED:
@@ -148,8 +148,11 @@ class Catalog:
                 f"'{target.target_name}' is {target.type}",
                 hint="set on_drift: warn in the pipeline file to run without the check",
             )
-        with connect(target) as warehouse:
-            yield cls(target.type, warehouse.connection)
+        connection = connect_raw(target)
+        try:
+            yield cls(target.type, connection)
+        finally:
+            connection.close()
 
     def relation_columns(self, database: str | None, schema: str | None, name: str | None) -> Columns | None:
         """The relation's columns in table order, or None when it does not exist."""

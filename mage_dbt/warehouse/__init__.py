@@ -9,21 +9,33 @@
 Connection settings come only from profiles.yml (rendered by dbt). Each adapter (DuckDB,
 Postgres, BigQuery) holds one connection for the `with` block and writes by the bulk path
 (DuckDB from Arrow, Postgres COPY, BigQuery load jobs), never row by row. Adapter modules are
-imported lazily, so a DuckDB user never imports the Google client libraries.
+imported lazily, so a DuckDB user never imports the Google client libraries, and the DataFrame
+side (pandas, pyarrow) is imported only when a Warehouse is: a dbt-only run never pays for it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mage_dbt.errors import ConfigError
-from mage_dbt.warehouse.base import WRITE_MODES, Warehouse, WriteMode
 from mage_dbt.warehouse.profile import SUPPORTED_TYPES, TargetConfig, resolve_target
+
+if TYPE_CHECKING:
+    from mage_dbt.warehouse.base import WRITE_MODES, Warehouse, WriteMode
 
 __all__ = [
     "SUPPORTED_TYPES", "WRITE_MODES", "TargetConfig", "Warehouse", "WriteMode", "connect",
     "resolve_target",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """`Warehouse`, `WriteMode` and `WRITE_MODES` come from base.py, imported on first use."""
+    if name in ("WRITE_MODES", "Warehouse", "WriteMode"):
+        from mage_dbt.warehouse import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def connect(target: TargetConfig, **options: Any) -> Warehouse:

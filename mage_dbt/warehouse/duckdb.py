@@ -8,7 +8,6 @@ process at a time: keep the `with` block short and never open it while dbt runs 
 
 from __future__ import annotations
 
-import re
 import uuid
 from typing import Any
 
@@ -16,8 +15,9 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
-from mage_dbt.errors import BlockError, ConfigError
+from mage_dbt.errors import BlockError
 from mage_dbt.warehouse.base import Columns, Params, SqlWarehouse, WriteRequest
+from mage_dbt.warehouse.connections import duckdb_connection
 from mage_dbt.warehouse.frames import arrow_family, to_pandas
 
 _DDL_TYPES: dict[str, str] = {
@@ -37,9 +37,6 @@ _FAMILIES: dict[str, str] = {
     "TIMESTAMP_S": "timestamp", "TIMESTAMP_MS": "timestamp", "TIMESTAMP_NS": "timestamp",
     "TIMESTAMP WITH TIME ZONE": "timestamptz", "BLOB": "binary",
 }
-
-_SETTING = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
 
 def quote(identifier: str) -> str:
     """A DuckDB quoted identifier (embedded quotes doubled: no injection through names)."""
@@ -77,28 +74,7 @@ class DuckDBWarehouse(SqlWarehouse):
     driver_errors = (duckdb.Error,)
 
     def _connect(self) -> Any:
-        # As dbt-duckdb: `config_options` at connect, then `extensions` loaded, then `settings`
-        # applied with SET (extension settings such as s3_region only exist after LOAD).
-        path = str(self.target.get("path", ":memory:"))
-        config = {k: str(v) for k, v in (self.target.get("config_options") or {}).items()}
-        try:
-            conn = duckdb.connect(path, config=config)
-            for extension in self.target.get("extensions") or []:
-                name = extension if isinstance(extension, str) else extension.get("name")
-                conn.load_extension(str(name))
-            for key, value in (self.target.get("settings") or {}).items():
-                if not _SETTING.match(str(key)):
-                    raise ConfigError(f"invalid DuckDB setting name {key!r}")
-                literal = "'" + str(value).replace("'", "''") + "'"
-                conn.execute(f"SET {key} = {literal}")
-        except duckdb.Error as exc:
-            message = self._message(exc)
-            hint = ("another process (dbt?) holds the file; open it once that process is done"
-                    if "lock" in message.lower() else f"check the target in "
-                    f"{self.target.profiles_path}")
-            raise ConfigError(f"cannot open DuckDB database {path} (target "
-                              f"{self.target.target_name!r}): {message}", hint=hint) from None
-        return conn
+        return duckdb_connection(self.target)
 
     def _begin(self) -> None:
         self.connection.begin()

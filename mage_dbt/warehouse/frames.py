@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mage_dbt.errors import BlockError
+from mage_dbt.warehouse.profile import first_line  # noqa: F401  (re-exported: adapters use it)
 
 # Which table column families accept which DataFrame column families. Deliberately strict:
 # naive vs tz-aware timestamps and date vs timestamp would silently shift or truncate values.
@@ -173,11 +174,3 @@ def split_table_name(table: str, schema: str | None, default_schema: str) -> tup
     if schema is None and "." in table:
         schema, table = table.split(".", 1)
     return (schema or default_schema), table
-
-
-def first_line(text: str) -> str:
-    """The first non-empty line of a driver's error message."""
-    for line in text.splitlines():
-        if line.strip():
-            return line.strip()
-    return text.strip()

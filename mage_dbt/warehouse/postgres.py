@@ -23,10 +23,10 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from psycopg2 import sql
 
-from mage_dbt.errors import BlockError, ConfigError
+from mage_dbt.errors import BlockError
 from mage_dbt.warehouse.base import Columns, Params, SqlWarehouse, WriteRequest
-from mage_dbt.warehouse.frames import arrow_family, first_line, to_pandas
-from mage_dbt.warehouse.profile import scrub
+from mage_dbt.warehouse.connections import postgres_connection
+from mage_dbt.warehouse.frames import arrow_family, to_pandas
 
 _DDL_TYPES: dict[str, str] = {
     "text": "text", "bool": "boolean", "date": "date", "time": "time", "null": "text",
@@ -103,33 +103,7 @@ class PostgresWarehouse(SqlWarehouse):
     driver_errors = (psycopg2.Error,)
 
     def _connect(self) -> Any:
-        t = self.target
-        options = "-c TimeZone=UTC"
-        if t.get("search_path"):
-            options += " -c search_path=" + str(t.get("search_path")).replace(" ", "\\ ")
-        kwargs = {
-            "host": t.get("host"), "port": t.get("port"), "user": t.get("user"),
-            "password": t.get("password"), "dbname": t.get("database"),
-            "connect_timeout": t.get("connect_timeout", 10),
-            "application_name": t.get("application_name") or "mage_dbt",
-            "client_encoding": "UTF8", "options": options,
-        }
-        for key in ("sslmode", "sslcert", "sslkey", "sslrootcert", "keepalives_idle"):
-            if t.get(key) is not None:
-                kwargs[key] = t.get(key)
-        try:
-            conn = psycopg2.connect(**{k: v for k, v in kwargs.items() if v not in (None, "")})
-            conn.autocommit = True
-            if t.get("role"):
-                with conn.cursor() as cur:
-                    cur.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(str(t.get("role")))))
-        except psycopg2.Error as exc:
-            message = scrub(first_line(str(exc)), t.secret_values())
-            raise ConfigError(
-                f"cannot connect to Postgres target {t.target_name!r} ({t.get('host')}:"
-                f"{t.get('port')}/{t.database} as {t.get('user')}): {message}",
-                hint=f"check the target in {t.profiles_path}") from None
-        return conn
+        return postgres_connection(self.target)
 
     def _execute(self, statement: Any, params: Any = None) -> Any:
         cur = self.connection.cursor()

@@ -87,6 +87,14 @@ def _masked(data: Mapping[str, Any]) -> dict[str, Any]:
                 _masked(v) if isinstance(v, Mapping) else v) for k, v in data.items()}
 
 
+def first_line(text: str) -> str:
+    """The first non-empty line of a driver's error message."""
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    return text.strip()
+
+
 def scrub(text: str, secrets: list[str]) -> str:
     """`text` with every secret value replaced by `***`."""
     for secret in sorted(secrets, key=len, reverse=True):
