@@ -43,7 +43,8 @@ class DbtProjectRef:
 
     @property
     def target_path(self) -> Path:
-        return self.data_dir / "dbt_target" / self.name / f"{self.target or 'default'}-{os.getpid()}"
+        """dbt's artifacts folder for this process (concurrent processes never share one)."""
+        return target_root(self.data_dir) / self.name / f"{self.target or 'default'}-{os.getpid()}"
 
     @property
     def log_path(self) -> Path:
@@ -110,6 +111,38 @@ class LoadedManifest:
                 hint="use dbt's selector syntax, e.g. 'tag:daily', '+fct_orders', 'path:models/staging'",
             ) from None
         return {uid for uid in chosen if uid in self.nodes and self.nodes[uid].resource_type != "source"}
+
+
+def target_root(data_dir: Path) -> Path:
+    return data_dir / "dbt_target"
+
+
+def prune_target_folders(data_dir: Path) -> list[Path]:
+    """Delete the dbt artifact folders of processes that have ended; returns what was deleted.
+
+    Every process writes dbt's artifacts (compiled SQL, run_results.json, manifest.json) to its own
+    `<target>-<pid>` folder; without this, every run would leave one behind for good.
+    """
+    import shutil
+
+    removed = []
+    for folder in target_root(data_dir).glob("*/*-*"):
+        pid = folder.name.rsplit("-", 1)[1]
+        if not pid.isdigit() or int(pid) == os.getpid() or _process_alive(int(pid)):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _ensure_dbt_flags() -> None:

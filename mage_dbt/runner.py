@@ -17,6 +17,7 @@ from mage_dbt.block_runners import BlockEnv, run_block
 from mage_dbt.context import RunContext
 from mage_dbt.dbt_executor import DbtExecutor, InProcessDbtExecutor
 from mage_dbt.dbt_invocation import NodeResult
+from mage_dbt.manifest import prune_target_folders
 from mage_dbt.full_refresh import invocation_phases, set_aside_snapshots, settle_snapshots, snapshot_ids
 from mage_dbt.outputs import OutputStore
 from mage_dbt.pipeline import Pipeline, Unit
@@ -140,6 +141,7 @@ class PipelineRunner:
     def run(self) -> RunSummary:
         self.outputs.begin(execution_date=self.summary.execution_date,
                            retention_days=self.settings.file.output_retention_days)
+        prune_target_folders(self.settings.data_dir)
         for unit in self.pipeline.units:
             blocked = self._blocked(unit)
             for name in sorted(blocked):
