@@ -67,6 +67,10 @@ class InProcessDbtExecutor:
             "--vars", json.dumps(context.dbt_vars(), default=str),
             "--log-level", "none",
             "--no-use-colors",
+            # dbt would re-serialise the whole manifest to JSON on every run (seconds at a few
+            # thousand models); the manifest cache keeps this revision's manifest.json (manifest.py).
+            # run_results.json is still written, below, where dbt would put it (`dbt retry` reads it).
+            "--no-write-json",
         ]
         if full_refresh:
             args.append("--full-refresh")
@@ -79,6 +83,8 @@ class InProcessDbtExecutor:
             invocation_log=ref.invocation_log,
             node_count=len(unique_ids),
         )
+        if hasattr(raw.result, "write"):
+            raw.result.write(str(ref.target_path / "run_results.json"))
         results = {**events.finished, **{k: v for k, v in results_from_run(raw).items() if k in wanted}}
         problem = error_text(raw)
         for unique_id in wanted - set(results):

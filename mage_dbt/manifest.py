@@ -277,15 +277,23 @@ def check_profile(ref: DbtProjectRef) -> None:
 
 
 def _write_cache(folder: Path, manifest: Any, manifest_json: Path) -> None:
-    """Write both pickles atomically (temp files + rename), so readers never see half a cache."""
+    """Write both pickles atomically (temp files + rename), so readers never see half a cache.
+
+    dbt's manifest.json of the revision is kept beside them: runs do not rewrite it (see
+    dbt_executor), so this is the artifact for tools that read one.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     if manifest_json.is_file():
-        nodes = nodes_from_manifest_dict(json.loads(manifest_json.read_text()))
+        text = manifest_json.read_text()
+        nodes = nodes_from_manifest_dict(json.loads(text))
     else:
-        nodes = nodes_from_manifest_dict(manifest.writable_manifest().to_dict(omit_none=False))
-    for name, payload in (("manifest.pkl", manifest), ("nodes.pkl", nodes)):
+        as_dict = manifest.writable_manifest().to_dict(omit_none=False)
+        text, nodes = json.dumps(as_dict), nodes_from_manifest_dict(as_dict)
+    payloads = (("manifest.json", text.encode()), ("manifest.pkl", pickle_dumps(manifest)),
+                ("nodes.pkl", pickle_dumps(nodes)))  # not pickle.dumps: dbt's Manifest pickling loses fields
+    for name, payload in payloads:
         tmp = folder / f".{name}.{os.getpid()}.tmp"
-        tmp.write_bytes(pickle_dumps(payload))  # not pickle.dumps: dbt's Manifest pickling loses fields
+        tmp.write_bytes(payload)
         os.replace(tmp, folder / name)
 
 
