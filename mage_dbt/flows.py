@@ -17,6 +17,7 @@ from prefect.context import FlowRunContext
 from prefect.states import Completed, Failed
 
 from mage_dbt.context import make_context
+from mage_dbt.heartbeats import flow_run_heartbeats
 from mage_dbt.pipeline import load_pipeline
 from mage_dbt.retry import retry_outputs
 from mage_dbt.runner import PipelineRunner, RunSummary
@@ -73,40 +74,41 @@ def pipeline_flow(
         check_drift: Compare incremental models' columns with their tables first and apply the
             pipeline's on_drift setting (fail, full_refresh or warn).
     """
-    logger = get_run_logger()
-    ctx = FlowRunContext.get()
-    run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else "local"
-    settings = load_settings()
-    from mage_dbt.sync_flow import prepare_run_project, record_commit
+    with flow_run_heartbeats():  # Prefect's own are off when run in-process (heartbeats.py)
+        logger = get_run_logger()
+        ctx = FlowRunContext.get()
+        run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else "local"
+        settings = load_settings()
+        from mage_dbt.sync_flow import prepare_run_project, record_commit
 
-    project = prepare_run_project(settings, pipeline, ref=ref, target=target, log=logger)  # sync_on_run / ref
-    resolved = load_pipeline(settings, pipeline, target=target, select=select, dbt_ref=project.dbt_ref)
-    dbt_commit = record_commit(resolved, project, log=logger)  # log line + dbt-commit:<sha12> tag
-    context = make_context(
-        resolved.name,
-        execution_date or scheduled_time(),
-        interval=resolved.spec.interval,
-        timezone=resolved.spec.timezone,
-        full_refresh=full_refresh,
-        vars={**resolved.spec.vars, **(vars or {})},
-        target=target or resolved.spec.target,
-        run_id=run_id,
-        dbt_commit=dbt_commit,
-    )
-    logger.info(
-        "pipeline %s, execution date %s, %d blocks in %d units%s",
-        resolved.name, context.date_vars()["execution_date"], len(resolved.blocks), len(resolved.units),
-        ", full refresh" if full_refresh else "",
-    )
-    from mage_dbt.drift import plan_run_refresh
-    from mage_dbt.errors import MageDbtError
+        project = prepare_run_project(settings, pipeline, ref=ref, target=target, log=logger)  # sync_on_run / ref
+        resolved = load_pipeline(settings, pipeline, target=target, select=select, dbt_ref=project.dbt_ref)
+        dbt_commit = record_commit(resolved, project, log=logger)  # log line + dbt-commit:<sha12> tag
+        context = make_context(
+            resolved.name,
+            execution_date or scheduled_time(),
+            interval=resolved.spec.interval,
+            timezone=resolved.spec.timezone,
+            full_refresh=full_refresh,
+            vars={**resolved.spec.vars, **(vars or {})},
+            target=target or resolved.spec.target,
+            run_id=run_id,
+            dbt_commit=dbt_commit,
+        )
+        logger.info(
+            "pipeline %s, execution date %s, %d blocks in %d units%s",
+            resolved.name, context.date_vars()["execution_date"], len(resolved.blocks), len(resolved.units),
+            ", full refresh" if full_refresh else "",
+        )
+        from mage_dbt.drift import plan_run_refresh
+        from mage_dbt.errors import MageDbtError
 
-    try:
-        refresh_nodes = plan_run_refresh(resolved, context, full_refresh_select, check_drift=check_drift, logger=logger)
-    except MageDbtError as exc:  # drift with on_drift: fail, or a bad full_refresh_select: nothing ran
-        return Failed(message=exc.one_line(), data=exc)  # returned, not raised: no traceback on the CLI
-    retry = retry_outputs(settings, resolved.name, run_id, ctx.flow_run.tags if ctx and ctx.flow_run else ())
-    return run_and_report(settings, resolved, context, logger, full_refresh_nodes=refresh_nodes, **retry)
+        try:
+            refresh_nodes = plan_run_refresh(resolved, context, full_refresh_select, check_drift=check_drift, logger=logger)
+        except MageDbtError as exc:  # drift with on_drift: fail, or a bad full_refresh_select: nothing ran
+            return Failed(message=exc.one_line(), data=exc)  # returned, not raised: no traceback on the CLI
+        retry = retry_outputs(settings, resolved.name, run_id, ctx.flow_run.tags if ctx and ctx.flow_run else ())
+        return run_and_report(settings, resolved, context, logger, full_refresh_nodes=refresh_nodes, **retry)
 
 
 def run_and_report(settings, resolved, context, logger, **runner_options):
@@ -120,8 +122,8 @@ def run_and_report(settings, resolved, context, logger, **runner_options):
         if reporter:
             reporter.close()
     _write_summary(settings, context.run_id, summary)
-    for line in summary_lines(summary):
-        logger.info(line)
+    # One log record for the whole table: one row per block would be hundreds of log rows to store.
+    logger.info("%d blocks:\n%s", len(summary.results), "\n".join(summary_lines(summary)))
     if summary.ok:
         return Completed(message=f"{len(summary.results)} blocks succeeded", data=summary.to_dict())
     failed = summary.names("failed")

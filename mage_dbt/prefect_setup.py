@@ -30,8 +30,11 @@ def quiet_prefect_console() -> None:
 
 def run_flow_quietly(flow: Callable[..., Any], **parameters: Any) -> dict:
     """Run `flow` as a Prefect flow run in this process; return its summary dict with the run id."""
+    from mage_dbt.heartbeats import engine_heartbeats_off
+
     quiet_prefect_console()
-    state = flow(**parameters, return_state=True)
+    with engine_heartbeats_off():  # the flow sends its own heartbeats, without a wait at the end
+        state = flow(**parameters, return_state=True)
     run_id = str(state.state_details.flow_run_id) if state.state_details.flow_run_id else None
     summary = state.data if isinstance(state.data, dict) else None
     if summary is None and run_id:

@@ -22,6 +22,7 @@ from mage_dbt.context import make_context
 from mage_dbt.dates import intervals_between
 from mage_dbt.errors import MageDbtError
 from mage_dbt.flows import pipeline_flow, run_and_report, scheduled_time
+from mage_dbt.heartbeats import flow_run_heartbeats
 from mage_dbt.full_refresh import plan_full_refresh, resolve_refresh_target
 from mage_dbt.pipeline import load_pipeline, restrict
 from mage_dbt.settings import load_settings
@@ -63,37 +64,38 @@ def rebuild_flow(
         target: The dbt target from profiles.yml; empty means the pipeline's or profile's default.
         vars: Extra dbt vars for every date.
     """
-    logger = get_run_logger()
-    settings = load_settings()
-    plan = plan_full_refresh(load_pipeline(settings, pipeline, target=target), select)
-    dates = rebuild_dates(settings, pipeline, start, end, target)
-    models = list(plan.refresh)
-    logger.info("rebuild of %s over %d dates (%s .. %s)", ", ".join(models), len(dates), dates[0], dates[-1])
-    rows: list[dict[str, Any]] = []
-    for index, when in enumerate(dates):
-        first = index == 0
-        state = pipeline_flow(
-            pipeline=pipeline, execution_date=when, full_refresh=first,
-            full_refresh_select=models if first else None, select=models, target=target, vars=vars,
-            check_drift=first, return_state=True,
-        )
-        data = _state_data(state)
-        failed = sorted(n for n, r in (data.get("results") or {}).items() if r["status"] != "success")
-        rows.append({
-            "execution_date": str(data.get("execution_date") or when.date()),
-            "state": state.type.value, "flow_run_id": str(state.state_details.flow_run_id),
-            "full_refresh": first, "failed": failed,
-            "message": None if state.is_completed() else state.message,
-        })
-        if not state.is_completed():
-            break
-    summary = {"pipeline": pipeline, "models": models, "dates": rows, "planned_dates": len(dates)}
-    ctx = FlowRunContext.get()
-    if ctx and ctx.flow_run:  # where `run_flow_quietly` finds a summary Prefect kept as a result record
-        _write_json(settings.data_dir / "runs" / str(ctx.flow_run.id) / "summary.json", summary)
-    if len(rows) == len(dates) and rows[-1]["state"] == "COMPLETED":
-        return Completed(message=f"rebuilt {', '.join(models)} over {len(dates)} dates", data=summary)
-    return Failed(message=f"rebuild stopped at {rows[-1]['execution_date']}: {rows[-1]['message']}", data=summary)
+    with flow_run_heartbeats():  # Prefect's own are off when run in-process (heartbeats.py)
+        logger = get_run_logger()
+        settings = load_settings()
+        plan = plan_full_refresh(load_pipeline(settings, pipeline, target=target), select)
+        dates = rebuild_dates(settings, pipeline, start, end, target)
+        models = list(plan.refresh)
+        logger.info("rebuild of %s over %d dates (%s .. %s)", ", ".join(models), len(dates), dates[0], dates[-1])
+        rows: list[dict[str, Any]] = []
+        for index, when in enumerate(dates):
+            first = index == 0
+            state = pipeline_flow(
+                pipeline=pipeline, execution_date=when, full_refresh=first,
+                full_refresh_select=models if first else None, select=models, target=target, vars=vars,
+                check_drift=first, return_state=True,
+            )
+            data = _state_data(state)
+            failed = sorted(n for n, r in (data.get("results") or {}).items() if r["status"] != "success")
+            rows.append({
+                "execution_date": str(data.get("execution_date") or when.date()),
+                "state": state.type.value, "flow_run_id": str(state.state_details.flow_run_id),
+                "full_refresh": first, "failed": failed,
+                "message": None if state.is_completed() else state.message,
+            })
+            if not state.is_completed():
+                break
+        summary = {"pipeline": pipeline, "models": models, "dates": rows, "planned_dates": len(dates)}
+        ctx = FlowRunContext.get()
+        if ctx and ctx.flow_run:  # where `run_flow_quietly` finds a summary Prefect kept as a result record
+            _write_json(settings.data_dir / "runs" / str(ctx.flow_run.id) / "summary.json", summary)
+        if len(rows) == len(dates) and rows[-1]["state"] == "COMPLETED":
+            return Completed(message=f"rebuilt {', '.join(models)} over {len(dates)} dates", data=summary)
+        return Failed(message=f"rebuild stopped at {rows[-1]['execution_date']}: {rows[-1]['message']}", data=summary)
 
 
 def _state_data(state: Any) -> dict:
@@ -139,23 +141,24 @@ def dbt_project_refresh_flow(
         target: The dbt target from profiles.yml; empty means the profile's default.
         vars: Extra dbt vars.
     """
-    from mage_dbt.drift import enforce_on_drift
+    with flow_run_heartbeats():  # Prefect's own are off when run in-process (heartbeats.py)
+        from mage_dbt.drift import enforce_on_drift
 
-    logger = get_run_logger()
-    ctx = FlowRunContext.get()
-    run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else "local"
-    settings = load_settings()
-    resolved, _ = resolve_refresh_target(settings, dbt_project, target)
-    plan = plan_full_refresh(resolved, select, downstream=downstream, include_snapshots=include_snapshots)
-    resolved = restrict(resolved, set(plan.blocks))
-    context = make_context(
-        resolved.name, execution_date or scheduled_time(), interval=resolved.spec.interval,
-        timezone=resolved.spec.timezone, full_refresh=True, vars=vars, target=target, run_id=run_id,
-    )
-    refresh = {resolved.blocks[n].unique_id for n in plan.refresh}
-    try:
-        refresh = enforce_on_drift(resolved, context, refresh, logger)
-    except MageDbtError as exc:
-        return Failed(message=exc.one_line(), data=exc)
-    logger.info("dbt project %s: full refresh of %s", dbt_project, ", ".join(plan.refresh))
-    return run_and_report(settings, resolved, context, logger, full_refresh_nodes=refresh)
+        logger = get_run_logger()
+        ctx = FlowRunContext.get()
+        run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else "local"
+        settings = load_settings()
+        resolved, _ = resolve_refresh_target(settings, dbt_project, target)
+        plan = plan_full_refresh(resolved, select, downstream=downstream, include_snapshots=include_snapshots)
+        resolved = restrict(resolved, set(plan.blocks))
+        context = make_context(
+            resolved.name, execution_date or scheduled_time(), interval=resolved.spec.interval,
+            timezone=resolved.spec.timezone, full_refresh=True, vars=vars, target=target, run_id=run_id,
+        )
+        refresh = {resolved.blocks[n].unique_id for n in plan.refresh}
+        try:
+            refresh = enforce_on_drift(resolved, context, refresh, logger)
+        except MageDbtError as exc:
+            return Failed(message=exc.one_line(), data=exc)
+        logger.info("dbt project %s: full refresh of %s", dbt_project, ", ".join(plan.refresh))
+        return run_and_report(settings, resolved, context, logger, full_refresh_nodes=refresh)

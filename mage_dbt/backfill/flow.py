@@ -45,6 +45,7 @@ from mage_dbt.backfill.progress import current_sink
 from mage_dbt.backfill.state import COMPLETED, count_statuses, interval_statuses, mark_crashed
 from mage_dbt.dates import Interval
 from mage_dbt.errors import BackfillError
+from mage_dbt.heartbeats import engine_heartbeats_off
 from mage_dbt.pipeline import load_pipeline
 from mage_dbt.settings import ProjectSettings, load_settings
 
@@ -148,20 +149,6 @@ def without_dbt_artifacts(target_path: Path | None) -> Iterator[None]:
             os.environ[DBT_WRITE_JSON] = previous
 
 
-@contextlib.contextmanager
-def without_heartbeats() -> Iterator[None]:
-    """Interval runs send no flow-run heartbeats.
-
-    Prefect's heartbeat thread sleeps in one-second steps and every flow run waits for it to stop,
-    half a second per interval on average. A backfill's liveness is its lock file (and the parent
-    flow run keeps its heartbeats); a dead worker's interval is marked CRASHED by the pool.
-    """
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        yield
-
-
 def apply_no_dbt_artifacts(target_path: Path | None) -> None:
     if target_path is not None:
         (target_path / "manifest.json").unlink(missing_ok=True)
@@ -242,7 +229,7 @@ class BackfillExecution:
             label = interval_label(interval, plan.interval)
             self.sink.interval_started(label)
             started = time.perf_counter()
-            with tags(plan.tag), without_heartbeats():
+            with tags(plan.tag), engine_heartbeats_off():
                 state = pipeline_flow(
                     pipeline=plan.pipeline, execution_date=interval.start,
                     full_refresh=interval_key(interval) == self.refresh_key,

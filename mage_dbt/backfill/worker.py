@@ -24,7 +24,7 @@ def run_job(config: dict[str, Any], job: dict[str, Any], emit) -> dict[str, Any]
     from prefect.flow_engine import run_flow
     from prefect.states import Pending
 
-    from mage_dbt.backfill.flow import without_heartbeats
+    from mage_dbt.heartbeats import engine_heartbeats_off
     from mage_dbt.dates import parse_execution_date
     from mage_dbt.flows import pipeline_flow
 
@@ -43,7 +43,7 @@ def run_job(config: dict[str, Any], job: dict[str, Any], emit) -> dict[str, Any]
         )
     emit({"event": "started", "label": job["label"], "flow_run_id": str(flow_run.id)})
     try:
-        with without_heartbeats():
+        with engine_heartbeats_off():
             state = run_flow(pipeline_flow, flow_run=flow_run, parameters=parameters, return_type="state")
     except Exception as exc:  # the engine records the failure on the flow run; report it and go on
         return {"event": "finished", "label": job["label"], "status": "failed", "message": str(exc)[:500]}
