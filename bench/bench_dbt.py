@@ -35,7 +35,7 @@ DBT_VARS = f"{{execution_date: {EXECUTION_DATE}}}"
 VARIANTS = {"a": "dbt build", "b": "mage-dbt run", "c": "dbt run -s per model"}
 BASELINE_SIZE = 50
 HEADERS = ["size", "target", "a dbt build (s)", "b mage-dbt (s)", "c per-model (s)",
-           "b/a", "c/b", "c/a"]
+           "b/a", "b/a paired", "c/b", "c/a"]
 
 
 @dataclass
@@ -60,12 +60,21 @@ class Case:
     def median(self, variant: str) -> float | None:
         return common.median(self.seconds.get(variant, []))
 
+    def paired_ratio(self, numerator: str, denominator: str) -> float | None:
+        """Median over repetitions of numerator/denominator within the same repetition: a drift of
+        the machine's speed between repetitions cancels out (None unless every repetition has both)."""
+        top, bottom = self.seconds.get(numerator, []), self.seconds.get(denominator, [])
+        if not top or len(top) != len(bottom):
+            return None
+        return common.median([t / b for t, b in zip(top, bottom)])
+
     def summary(self) -> dict:
         medians = {v: self.median(v) for v in VARIANTS}
         return {
             "size": self.size, "target": self.target, "seconds": self.seconds,
             "median": medians, "errors": self.errors,
             "ratios": {"b/a": common.ratio(medians["b"], medians["a"]),
+                       "b/a paired": self.paired_ratio("b", "a"),
                        "c/b": common.ratio(medians["c"], medians["b"]),
                        "c/a": common.ratio(medians["c"], medians["a"])},
         }
@@ -73,7 +82,7 @@ class Case:
     def row(self) -> list[str]:
         s = self.summary()
         return [str(self.size), self.target, *(common.fmt(s["median"][v]) for v in VARIANTS),
-                *(common.fmt(s["ratios"][k]) for k in ("b/a", "c/b", "c/a"))]
+                *(common.fmt(s["ratios"][k]) for k in ("b/a", "b/a paired", "c/b", "c/a"))]
 
 
 def dbt_cmd(case: Case, command: str, *args: str) -> list[str]:
