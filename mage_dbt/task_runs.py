@@ -204,6 +204,7 @@ class TaskRunReporter:
                 self._wake.wait(timeout=self._due[0][0] - now if self._due else None)
 
     def _stop_sender(self) -> None:
+        """Send what is still held (blocks that never ended) and stop the background thread."""
         with self._lock:
             sender, self._closing = self._sender, True
             self._wake.notify()
