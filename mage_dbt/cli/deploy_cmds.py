@@ -76,12 +76,24 @@ def serve(
     return 0
 
 
-@app.command()
+server_app = typer.Typer(
+    help="Start a Prefect server with its UI (SQLite by default; PostgreSQL via "
+    "PREFECT_API_DATABASE_CONNECTION_URL); `server status` / `server stop`: the local server that "
+    "mage-dbt commands share when PREFECT_API_URL is not set.",
+    invoke_without_command=True, no_args_is_help=False,
+)
+app.add_typer(server_app, name="server")
+
+
+@server_app.callback()
 def server(
+    ctx: typer.Context,
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
     port: int = typer.Option(4200, "--port", help="Port of the API and the UI."),
 ) -> None:
     """Start a Prefect server with its UI (SQLite by default; PostgreSQL via PREFECT_API_DATABASE_CONNECTION_URL)."""
+    if ctx.invoked_subcommand is not None:
+        return
     from mage_dbt.serve import describe_database, server_command
 
     argv, env = server_command(host, port)
@@ -91,6 +103,48 @@ def server(
     console.print(f"in other shells: export PREFECT_API_URL={url}")
     sys.stdout.flush()
     os.execve(argv[0], argv, env)
+
+
+@server_app.command("status")
+def server_status() -> int:
+    """Show the local Prefect server: address, pids, log file, idle timeout (it starts nothing)."""
+    from mage_dbt import local_server
+    from mage_dbt.serve import describe_database
+
+    paths, record, healthy = local_server.status()
+    configured = os.environ.get("PREFECT_API_URL") or local_server.configured_api_url()
+    if configured:
+        console.print(f"PREFECT_API_URL is set: commands use {configured}, not the local server")
+    elif not local_server.enabled():
+        console.print(f"{local_server.ENABLED_ENV}=0: each command starts a temporary Prefect server")
+    if record is None or not healthy:
+        state = "not running" if record is None else f"not answering (pid {record.pid})"
+        console.print(f"local Prefect server: {state}; run, retry, backfill, full-refresh and rebuild "
+                      f"start it when PREFECT_API_URL is not set")
+        console.print(f"log: {paths.log}", soft_wrap=True)
+        return 0
+    used = local_server.last_used(paths)
+    idle = "never stops by itself" if not record.idle_minutes else f"stops after {record.idle_minutes:g} min idle"
+    console.print(f"local Prefect server: running at {record.ui_url}  API: {record.url}")
+    console.print(f"pid: {record.pid} (supervisor {record.supervisor_pid}); started {record.started_at}; "
+                  f"last used {used.isoformat(timespec='seconds') if used else '-'}; {idle}")
+    console.print(f"log: {record.log}", soft_wrap=True)
+    console.print(f"database: {describe_database({**os.environ, 'PREFECT_HOME': str(paths.home)})}")
+    console.print(f"stop it with `mage-dbt server stop`; other tools: export PREFECT_API_URL={record.url}")
+    return 0
+
+
+@server_app.command("stop")
+def server_stop() -> int:
+    """Stop the local Prefect server now (the next run starts it again)."""
+    from mage_dbt import local_server
+
+    record = local_server.stop()
+    if record is None:
+        console.print("local Prefect server: not running")
+    else:
+        console.print(f"stopped the local Prefect server at {record.ui_url} (pid {record.pid})")
+    return 0
 
 
 @app.command()

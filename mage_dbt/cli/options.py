@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from mage_dbt.cli.console import err_console
 from mage_dbt.settings import ProjectSettings, load_settings
 
 ProjectDir = typer.Option(
@@ -14,11 +15,32 @@ ProjectDir = typer.Option(
 )
 Target = typer.Option(None, "--target", "-t", help="dbt target from profiles.yml (default: the profile's).")
 
+# The verbs that record or read flow runs in Prefect. Without PREFECT_API_URL they share the local
+# Prefect server (mage_dbt.local_server) instead of starting a temporary one each; the others
+# (pipelines, blocks, graph, status, output, sync, init, ...) never start a server.
+PREFECT_VERBS = frozenset({"run", "retry", "backfill", "backfills", "full-refresh", "rebuild"})
+
 
 def settings_for(project_dir: Optional[Path]) -> ProjectSettings:
+    """The project's settings; for a Prefect verb, also the Prefect server it talks to."""
     settings = load_settings(project_dir)
     settings.export_environment()
+    if _current_verb() in PREFECT_VERBS:
+        from mage_dbt.local_server import ensure_local_server
+
+        ensure_local_server(announce=lambda line: err_console.print(line, soft_wrap=True))
     return settings
+
+
+def _current_verb() -> Optional[str]:
+    """The verb this process runs, from the click context (typer 0.2x+ carries its own click);
+    tests/test_local_server.py fails if this stops finding it."""
+    try:
+        from typer._click.globals import get_current_context
+    except ImportError:
+        from click import get_current_context
+    ctx = get_current_context(silent=True)
+    return ctx.info_name if ctx is not None else None
 
 
 def parse_vars(items: list[str] | None) -> dict:
