@@ -88,6 +88,12 @@ class InProcessDbtExecutor:
         results = {**events.finished, **{k: v for k, v in results_from_run(raw).items() if k in wanted}}
         problem = error_text(raw)
         for unique_id in wanted - set(results):
+            if raw.success and loaded.nodes[unique_id].materialized == "ephemeral":
+                # dbt compiles an ephemeral model into the models that ref it and reports no result
+                # for it; compiling it failed if and only if the invocation failed.
+                results[unique_id] = NodeResult(unique_id=unique_id, status="success")
+                listener.node_finished(results[unique_id])
+                continue
             results[unique_id] = NodeResult(
                 unique_id=unique_id,
                 status="error",

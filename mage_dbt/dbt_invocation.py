@@ -82,6 +82,22 @@ def working_directory(path: Path) -> Iterator[None]:
         os.chdir(previous)
 
 
+def reset_compiled_state(manifest: Any) -> None:
+    """Forget what the previous invocation compiled into the shared, parsed manifest.
+
+    dbt's compiler records on each node that its ephemeral CTEs are injected (plus the SQL before
+    injection) and never resets that; an invocation given the same manifest object again would
+    then skip the injection and run `select ... from __dbt__cte__x` without the CTE, or inline the
+    previous invocation's SQL of an ephemeral model (compiled with other vars).
+    """
+    for node in getattr(manifest, "nodes", {}).values():
+        if getattr(node, "compiled", False) or getattr(node, "extra_ctes_injected", False):
+            node.compiled = False
+            node.extra_ctes_injected = False
+            node.extra_ctes = []
+            node._pre_injected_sql = None
+
+
 def invoke_dbt(
     args: list[str],
     *,
@@ -97,6 +113,8 @@ def invoke_dbt(
     os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
     with _DBT_LOCK:
         started = time.perf_counter()
+        if manifest is not None:
+            reset_compiled_state(manifest)
         result = dbtRunner(manifest=manifest, callbacks=list(callbacks)).invoke(args)
         seconds = time.perf_counter() - started
     if invocation_log is not None:

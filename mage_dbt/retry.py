@@ -77,7 +77,10 @@ def plan_retry(settings: ProjectSettings, run: PastRun) -> RetryPlan:
         # The runner reported every block of a run it finished: re-run what it reported as not done.
         todo = tuple(sorted(n for n in resolved.blocks if n in states and not states[n].succeeded))
     else:  # crashed or cancelled midway: blocks it never reached did not run either
-        todo = tuple(sorted(n for n in resolved.blocks if n not in ok))
+        # (ephemeral models have no task run unless they failed: dbt compiles them into the
+        # models that ref them, which is where a retry runs them again)
+        todo = tuple(sorted(n for n in resolved.blocks
+                            if n not in ok and (n in states or not resolved.blocks[n].is_ephemeral)))
     gone = tuple(sorted(n for n, s in states.items() if not s.succeeded and n not in resolved.blocks))
     parameters = {**_flow_parameters(params), "pipeline": run.pipeline, "execution_date": when, "select": list(todo)}
     return RetryPlan(source=run, execution_date=when, parameters=parameters, blocks=todo, succeeded=ok,

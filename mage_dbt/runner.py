@@ -4,6 +4,10 @@ A dbt group runs as one invocation through a `DbtExecutor`; Python, SQL and dbt 
 through the runner registered for their kind (`mage_dbt.block_runners`). A block whose upstream
 failed or was skipped is reported as skipped (never silently missing); independent branches still
 run. Every block gets a Prefect task run through the `TaskRunReporter` when one is given.
+
+Ephemeral models are the exception: dbt compiles them into the models that ref them and never runs
+them, so they get no task run and no row in the summary (`RunSummary.ephemeral` lists them) unless
+compiling one fails, which fails that block like any other. Task-run upstreams look through them.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mage_dbt.block_runners import BlockEnv, run_block
+from mage_dbt.blocks import through_ephemeral
 from mage_dbt.context import RunContext
 from mage_dbt.dbt_executor import DbtExecutor, InProcessDbtExecutor
 from mage_dbt.dbt_invocation import NodeResult
@@ -47,6 +52,8 @@ class RunSummary:
     execution_date: str
     results: dict[str, BlockResult] = field(default_factory=dict)
     dbt_invocations: int = 0
+    # Ephemeral models dbt compiled (success) or did not reach (skipped): not blocks that ran.
+    ephemeral: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -61,6 +68,7 @@ class RunSummary:
             "execution_date": self.execution_date,
             "dbt_invocations": self.dbt_invocations,
             "results": {n: asdict(r) for n, r in self.results.items()},
+            "ephemeral": dict(self.ephemeral),
         }
 
 
@@ -76,16 +84,22 @@ class _BlockListener:
 
     def node_started(self, unique_id: str) -> None:
         block = self._pipeline.blocks[self._names[unique_id]]
+        if block.is_ephemeral:
+            return  # dbt only compiles it: a task run exists only if that fails
         self._started.add(unique_id)
         if self._reporter:
-            self._reporter.started(block.name, kind=block.kind, upstream=block.upstream)
+            self._reporter.started(block.name, kind=block.kind,
+                                   upstream=through_ephemeral(self._pipeline.blocks, block.upstream))
 
     def node_finished(self, result: NodeResult) -> None:
         block = self._pipeline.blocks[self._names[result.unique_id]]
         status = SUCCESS if result.ok else SKIPPED if result.skipped else FAILED
+        if block.is_ephemeral and status != FAILED:
+            self._summary.ephemeral[block.name] = status
+            return
         message = result.message
         if status == SKIPPED:
-            message = "skipped by dbt: an upstream node failed"
+            message = result.message or "skipped by dbt: an upstream node failed"
         self._summary.results[block.name] = BlockResult(
             name=block.name, kind=block.kind, status=status, message=message,
             seconds=round(result.execution_time, 3), rows=result.rows_affected,
@@ -158,14 +172,30 @@ class PipelineRunner:
     def _blocked(self, unit: Unit) -> dict[str, str]:
         """Blocks of `unit` that cannot run, with the upstream block that stops them."""
         bad = {n for n, r in self.summary.results.items() if r.status != SUCCESS}
+        bad |= {n for n, status in self.summary.ephemeral.items() if status != SUCCESS}
         blocked: dict[str, str] = {}
         order = [n for n in self._topo() if n in unit.blocks]
         for name in order:
             for up in self.pipeline.blocks[name].upstream:
                 if up in bad or up in blocked:
+                    if self.pipeline.blocks[up].is_ephemeral:  # not in the summary: name what is
+                        up = blocked.get(up) or self._shown_cause(up)
                     blocked[name] = up
                     break
         return blocked
+
+    def _shown_cause(self, name: str) -> str:
+        """The nearest block in the summary that did not succeed, upstream of (or equal to) `name`."""
+        todo, seen = [name], set()
+        while todo:
+            current = todo.pop(0)
+            result = self.summary.results.get(current)
+            if result is not None and result.status != SUCCESS:
+                return current
+            if current not in seen and self.pipeline.blocks[current].is_ephemeral:
+                seen.add(current)
+                todo.extend(self.pipeline.blocks[current].upstream)
+        return name
 
     def _topo(self) -> list[str]:
         if not hasattr(self, "_order"):
@@ -176,6 +206,9 @@ class PipelineRunner:
 
     def _skip(self, name: str, because: str) -> None:
         block = self.pipeline.blocks[name]
+        if block.is_ephemeral:
+            self.summary.ephemeral[name] = SKIPPED
+            return
         reason = f"upstream block '{because}' did not succeed"
         self.summary.results[name] = BlockResult(name=name, kind=block.kind, status=SKIPPED, message=reason,
                                                  unique_id=block.unique_id)
@@ -221,7 +254,7 @@ class PipelineRunner:
     def _run_block(self, name: str) -> None:
         block = self.pipeline.blocks[name]
         if self.reporter:
-            self.reporter.started(name, kind=block.kind, upstream=block.upstream)
+            self.reporter.started(name, kind=block.kind, upstream=through_ephemeral(self.pipeline.blocks, block.upstream))
         env = BlockEnv(settings=self.settings, pipeline=self.pipeline, context=self.context,
                        outputs=self.outputs, reporter=self.reporter)
         started = time.perf_counter()

@@ -43,14 +43,20 @@ def blocks(
     project_dir: Optional[Path] = ProjectDir,
 ) -> None:
     """List the blocks of PIPELINE with their kind, dbt group and upstream blocks."""
+    from mage_dbt.blocks import compiled_into
+
     settings = settings_for(project_dir)
     resolved = load_pipeline(settings, pipeline, target=target)
     table = Table(title=f"pipeline {resolved.name}: {len(resolved.blocks)} blocks, {len(resolved.units)} units",
                   title_justify="left")
-    for column in ("block", "kind", "unit", "upstream"):
+    ephemeral = any(b.is_ephemeral for b in resolved.blocks.values())
+    for column in ("block", "kind", "unit", "upstream", *(("note",) if ephemeral else ())):
         table.add_column(column, overflow="fold")
     for unit in resolved.units:
         for name in unit.blocks:
             block = resolved.blocks[name]
-            table.add_row(name, block.kind, unit.id, ", ".join(block.upstream))
+            note = () if not ephemeral else (
+                f"ephemeral: compiled into {', '.join(compiled_into(resolved.blocks, name)) or 'no block of this pipeline'}"
+                if block.is_ephemeral else "",)
+            table.add_row(name, block.kind, unit.id, ", ".join(block.upstream), *note)
     console.print(table)

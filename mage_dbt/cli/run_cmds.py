@@ -71,5 +71,8 @@ def print_summary(summary: dict) -> None:
         counts[result["status"]] = counts.get(result["status"], 0) + 1
     parts = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
     console.print(f"{len(summary['results'])} blocks: {parts}; dbt invocations: {summary.get('dbt_invocations', 0)}")
+    compiled = sorted(n for n, status in (summary.get("ephemeral") or {}).items() if status == "success")
+    if compiled:
+        console.print(f"ephemeral models, compiled into the models that ref them (not run): {', '.join(compiled)}")
     if summary.get("flow_run_id"):
         console.print(f"flow run: {summary['flow_run_id']}")
