@@ -3,7 +3,8 @@
 dbt keeps process-global state (adapter factory, flags), so every dbt call of this process goes
 through `invoke_dbt`, which holds a process-wide lock. Each invocation appends one JSON line to
 `<data_dir>/logs/dbt_invocations.jsonl` (command, node count, seconds, success) — the invocation
-log that tests and `mage-dbt` use to show how many dbt processes a run really cost.
+log that tests and `mage-dbt` use to show how many dbt processes a run really cost; a run counts
+its own calls with `count_invocations`.
 
 `NodeEvents` turns dbt's event stream (NodeStart / NodeFinished) into calls on a listener, so
 Prefect task runs can start when dbt starts a node and end with dbt's own status.
@@ -12,6 +13,7 @@ Prefect task runs can start when dbt starts a node and end with dbt's own status
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import os
 import threading
@@ -22,6 +24,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 _DBT_LOCK = threading.RLock()
+# The open `count_invocations` counters of the current context (a run counts its own dbt calls).
+_COUNTERS: contextvars.ContextVar[tuple["InvocationCounter", ...]] = contextvars.ContextVar(
+    "mage_dbt_invocation_counters", default=())
 
 OK_STATUSES = frozenset({"success", "pass", "warn", "no-op"})
 FAILED_STATUSES = frozenset({"error", "fail", "runtime error"})
@@ -82,6 +87,22 @@ def working_directory(path: Path) -> Iterator[None]:
         os.chdir(previous)
 
 
+@dataclass
+class InvocationCounter:
+    count: int = 0
+
+
+@contextlib.contextmanager
+def count_invocations() -> Iterator[InvocationCounter]:
+    """Count the dbt invocations made inside this block (in this thread/context), whoever makes them."""
+    counter = InvocationCounter()
+    token = _COUNTERS.set((*_COUNTERS.get(), counter))
+    try:
+        yield counter
+    finally:
+        _COUNTERS.reset(token)
+
+
 def reset_compiled_state(manifest: Any) -> None:
     """Forget what the previous invocation compiled into the shared, parsed manifest.
 
@@ -117,6 +138,8 @@ def invoke_dbt(
             reset_compiled_state(manifest)
         result = dbtRunner(manifest=manifest, callbacks=list(callbacks)).invoke(args)
         seconds = time.perf_counter() - started
+    for counter in _COUNTERS.get():
+        counter.count += 1
     if invocation_log is not None:
         invocation_log.parent.mkdir(parents=True, exist_ok=True)
         record = {

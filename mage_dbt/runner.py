@@ -21,7 +21,7 @@ from mage_dbt.block_runners import BlockEnv, run_block
 from mage_dbt.blocks import through_ephemeral
 from mage_dbt.context import RunContext
 from mage_dbt.dbt_executor import DbtExecutor, InProcessDbtExecutor
-from mage_dbt.dbt_invocation import NodeResult
+from mage_dbt.dbt_invocation import NodeResult, count_invocations
 from mage_dbt.manifest import prune_target_folders
 from mage_dbt.full_refresh import invocation_phases, set_aside_snapshots, settle_snapshots, snapshot_ids
 from mage_dbt.outputs import OutputStore
@@ -156,17 +156,17 @@ class PipelineRunner:
         self.outputs.begin(execution_date=self.summary.execution_date,
                            retention_days=self.settings.file.output_retention_days)
         prune_target_folders(self.settings.data_dir)
-        for unit in self.pipeline.units:
-            blocked = self._blocked(unit)
-            for name in sorted(blocked):
-                self._skip(name, blocked[name])
-            todo = [b for b in unit.blocks if b not in blocked]
-            if not todo:
-                continue
-            if unit.kind == "dbt_group":
-                self._run_dbt(unit, todo)
-            else:
-                self._run_block(todo[0])
+        with count_invocations() as invocations:  # every dbt call: groups and dbt command blocks
+            for unit in self.pipeline.units:
+                blocked = self._blocked(unit)
+                for name in sorted(blocked):
+                    self._skip(name, blocked[name])
+                todo = [b for b in unit.blocks if b not in blocked]
+                if todo and unit.kind == "dbt_group":
+                    self._run_dbt(unit, todo)
+                elif todo:
+                    self._run_block(todo[0])
+                self.summary.dbt_invocations = invocations.count
         return self.summary
 
     def _blocked(self, unit: Unit) -> dict[str, str]:
@@ -249,7 +249,6 @@ class PipelineRunner:
             succeeded = {u for u, r in outcome.results.items() if r.ok}
         finally:
             settle_snapshots(self.pipeline.manifest, moved, succeeded)
-        self.summary.dbt_invocations += 1
 
     def _run_block(self, name: str) -> None:
         block = self.pipeline.blocks[name]

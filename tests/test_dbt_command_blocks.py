@@ -196,3 +196,29 @@ def test_dbt_args_put_the_run_first_and_merge_vars(demo_project):
     assert args.count("--vars") == 1 and args[-1] == "--full-refresh"
     test = parse_command("b", "test --select x", run_target=None)
     assert "--full-refresh" not in dbt_args(test, ref, context)  # test has no full refresh
+
+
+def test_the_run_summary_counts_every_dbt_call_of_command_blocks(tmp_path):
+    """A pipeline made only of dbt command blocks (no `dbt:` section): the summary's "dbt
+    invocations" counts each call they make, as the invocation log records them (issue 13)."""
+    from tests.support.block_pipelines import summary
+    from tests.support.fixture_projects import copy_fixture
+
+    project = copy_fixture("shop_mixed", tmp_path / "shop")
+    write(project, "flows/commands_only.yaml", yaml.safe_dump({
+        "description": "dbt command blocks only",
+        "blocks": [
+            {"name": "load", "type": "dbt_command", "command": "seed"},
+            {"name": "build_totals", "type": "dbt_command", "command": "run --select customer_totals large_sales",
+             "upstream": ["load"]},
+            {"name": "check_totals", "type": "dbt_command", "command": "test --select customer_totals",
+             "upstream": ["build_totals"]},
+        ],
+    }, sort_keys=False))
+    result = cli(project, "run", "commands_only", "--execution-date", "2024-01-02")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    _, data = summary(project, result.stdout)
+    log = invocations(project)  # this copy's only process that called dbt is this run's
+    assert [r["command"] for r in log if r["command"] != "parse"] == ["seed", "run", "test"], log
+    assert data["dbt_invocations"] == len(log)  # the first block's parse of the project counts too
+    assert f"3 blocks: 3 success; dbt invocations: {len(log)}" in result.stdout
