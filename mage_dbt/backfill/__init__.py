@@ -5,5 +5,6 @@
 * `lock` — whether a process of the backfill is alive;
 * `flow` — the parent backfill flow (in-process subflows, or worker processes for concurrency);
 * `workers` / `worker` — the worker processes behind `--concurrency N`;
+* `safety` — which blocks several intervals may run at once (`--concurrency N` refuses the others);
 * `progress` — the live progress bar.
 """

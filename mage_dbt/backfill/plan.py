@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+from mage_dbt.backfill.safety import check_concurrent_intervals
 from mage_dbt.dates import Interval, get_timezone, intervals_between
 from mage_dbt.errors import BackfillError
 from mage_dbt.pipeline import Pipeline, load_pipeline, pipeline_file
@@ -232,6 +233,7 @@ def check_concurrency(pipeline: Pipeline, concurrency: int) -> None:
             "is DuckDB, whose database file takes one writing process at a time",
             hint="drop --concurrency (intervals then run one after another), or use a Postgres/BigQuery target",
         )
+    check_concurrent_intervals(pipeline, concurrency)  # tables, views, seeds, snapshots: one interval at a time
 
 
 def check_unchanged(settings: ProjectSettings, plan: BackfillPlan, *, force: bool = False) -> BackfillPlan:
