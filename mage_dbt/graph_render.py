@@ -404,6 +404,6 @@ def render_to_file(nodes: Sequence[GraphNode], path: str | Path, title: str | No
             f"cannot draw the graph to {str(target)!r}: unknown format {suffix or '(no suffix)'!r}",
             hint="name the output file .svg or .html",
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(text, encoding="utf-8")
-    return target
+    from mage_dbt.files import write_atomically
+
+    return write_atomically(target, text)  # a failed write leaves no half picture behind
