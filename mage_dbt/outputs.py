@@ -4,7 +4,9 @@ Layout: `<data_dir>/outputs/<pipeline>/<run_id>/<block>.parquet` for pandas Data
 Arrow tables (written with pyarrow; they read back as the same type), `<block>.json` for every
 other value (None, numbers, strings, lists, dicts; dates become ISO strings, Decimals floats).
 Each run folder holds `_run.json` (run id, execution date, creation time, the runs it falls back
-to). Files are written to a temporary name and renamed, so a reader never sees half an output.
+to). Files are written to a temporary name and renamed, so a reader never sees half an output; a
+folder that cannot be written (read-only, permissions, disk full) is a `FileSystemError` naming it,
+and `check_data_dir` finds that out before a run starts.
 
 A downstream block (in this process or another one) reads an output back with `store[block]`.
 A retried run reads the outputs of the run it retries: create its store as
@@ -22,19 +24,19 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
-import os
 import re
 import shutil
 import time
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mage_dbt.errors import MageDbtError
+from mage_dbt.errors import FileSystemError, MageDbtError
+from mage_dbt.files import check_writable, replacing, write_atomically
 
 RUN_FILE = "_run.json"
+DATA_DIR_NOTE = "the data folder is data_dir in mage_dbt.yaml (or MAGE_DBT_DATA_DIR)"
 _META_KEY = b"mage_dbt"
 _SAFE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
@@ -87,7 +89,7 @@ class OutputStore:
     def begin(self, *, execution_date: str | None = None, retention_days: int | None = None) -> list[Path]:
         """Mark the start of the run (`_run.json`) and prune expired runs; returns pruned folders."""
         folder = self.run_dir()
-        folder.mkdir(parents=True, exist_ok=True)
+        _make_folder(folder)
         marker = {
             "pipeline": self.pipeline, "run_id": self.run_id, "execution_date": execution_date,
             "created_at": time.time(), "fallback_run_ids": list(self.fallback_run_ids),
@@ -116,7 +118,7 @@ class OutputStore:
         """Store `value` as the output of `block` in this run (replacing an earlier one)."""
         _checked(block, "block name")
         folder = self.run_dir()
-        folder.mkdir(parents=True, exist_ok=True)
+        _make_folder(folder)
         kind, payload = encode_output(value, block=block, run_id=self.run_id)
         suffix = ".json" if kind == "json" else ".parquet"
         path = folder / f"{block}{suffix}"
@@ -126,9 +128,8 @@ class OutputStore:
         else:
             import pyarrow.parquet as pq
 
-            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-            pq.write_table(payload, tmp)
-            os.replace(tmp, path)
+            with replacing(path, also=DATA_DIR_NOTE) as tmp:
+                pq.write_table(payload, tmp)
             rows = payload.num_rows
         other = path.with_suffix(".parquet" if kind == "json" else ".json")
         other.unlink(missing_ok=True)
@@ -326,7 +327,27 @@ def prune_runs(data_dir: Path, retention_days: int, *, keep: Iterable[str] = (),
     return removed
 
 
+def check_data_dir(data_dir: Path) -> None:
+    """Before a run starts: the data folder and every folder in it take new files (FileSystemError).
+
+    A run writes outputs, summaries, logs and dbt artifacts there; finding out half-way through
+    would leave a flow run that did part of its work."""
+    root = Path(data_dir)
+    check_writable(root, also=DATA_DIR_NOTE)
+    for folder in sorted(root.iterdir()):
+        if folder.is_dir() and not folder.is_symlink():
+            check_writable(folder, also=DATA_DIR_NOTE)
+
+
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        error = FileSystemError.from_os_error(exc, folder, action="create the folder", also=DATA_DIR_NOTE)
+        if error is None:
+            raise
+        raise error from exc
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_atomically(path, data, also=DATA_DIR_NOTE)

@@ -16,6 +16,7 @@ from mage_dbt.cli import app
 from mage_dbt.cli.console import console
 from mage_dbt.cli.options import ProjectDir, Target, parse_vars, settings_for
 from mage_dbt.dates import parse_execution_date
+from mage_dbt.outputs import check_data_dir
 
 STATE_STYLE = {"up to date": "green", "drifted": "bold red", "not built": "yellow", "unknown": "magenta",
                "COMPLETED": "green", "FAILED": "bold red"}
@@ -40,6 +41,7 @@ def full_refresh(
     from mage_dbt.prefect_setup import run_flow_quietly
 
     settings = settings_for(project_dir)
+    check_data_dir(settings.data_dir)
     resolved, is_pipeline = resolve_refresh_target(settings, name, target)
     plan = plan_full_refresh(resolved, select, downstream=downstream, include_snapshots=include_snapshots)
     when = parse_execution_date(execution_date, resolved.spec.timezone) if execution_date else None
@@ -119,6 +121,7 @@ def rebuild(
     from mage_dbt.rebuild import rebuild_dates, rebuild_flow
 
     settings = settings_for(project_dir)
+    check_data_dir(settings.data_dir)
     resolved = load_pipeline(settings, pipeline, target=target)
     plan = plan_full_refresh(resolved, select)
     dates = rebuild_dates(settings, pipeline, start, end, target)

@@ -10,6 +10,7 @@ import typer
 from mage_dbt.cli import app
 from mage_dbt.cli.console import console
 from mage_dbt.cli.options import ProjectDir, settings_for
+from mage_dbt.outputs import check_data_dir
 
 
 @app.command()
@@ -29,6 +30,7 @@ def retry(
     from mage_dbt.retry import find_run, plan_retry, run_retry
 
     settings = settings_for(project_dir)
+    check_data_dir(settings.data_dir)
     if pipeline:
         load_pipeline_spec(settings.flows_dir, pipeline)  # an unknown pipeline fails here, with the list
     source = find_run(settings, pipeline, run)

@@ -12,6 +12,7 @@ from mage_dbt.cli import app
 from mage_dbt.cli.console import console
 from mage_dbt.cli.options import ProjectDir, Target, parse_vars, settings_for
 from mage_dbt.dates import parse_execution_date
+from mage_dbt.outputs import check_data_dir
 from mage_dbt.pipeline import load_pipeline
 from mage_dbt.pipeline_spec import load_pipeline_spec
 
@@ -32,6 +33,7 @@ def run(
 ) -> int:
     """Run PIPELINE for one execution date (a Prefect flow run with one task run per block)."""
     settings = settings_for(project_dir)
+    check_data_dir(settings.data_dir)  # a read-only or full data folder stops here, before any flow run
     spec = load_pipeline_spec(settings.flows_dir, pipeline)
     when = parse_execution_date(execution_date, spec.timezone)
     # Pre-flight outside the flow: a bad target, selector or project fails here, before any run exists.
