@@ -8,7 +8,8 @@ The sync engine (`mage_dbt.git_sync`) knows git; this module gives it the dbt si
   `install_deps` runs `dbt deps` (through `invoke_dbt`), which the engine calls only when
   `packages.yml` / `package-lock.yml` / `dependencies.yml` changed.
 - `sync_repositories` is what `mage-dbt sync` and the `mage-dbt-sync` flow (a deployable Prefect
-  flow: parameters name, ref, force) run.
+  flow: parameters name, ref, force) run. A failing sync flow logs one error line (git's `fatal:`
+  line, or dbt's error) and ends Failed with it as the message, without a traceback.
 - `prepare_run_project` runs at the start of a pipeline run: `sync_on_run: true` syncs the
   pipeline's dbt project first; a `ref` checks another branch/tag/commit out for this run only.
   `record_commit` then logs the commit the run uses and tags the flow run `dbt-commit:<sha12>`.
@@ -24,8 +25,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from prefect import flow, get_run_logger
+from prefect.states import Failed
 
-from mage_dbt.errors import ConfigError, DbtProjectError, GitSyncError, MageDbtError
+from mage_dbt.errors import ConfigError, DbtProjectError, FileSystemError, GitSyncError, MageDbtError
 from mage_dbt.manifest import DbtProjectRef
 from mage_dbt.settings import ProjectSettings, load_settings
 
@@ -175,12 +177,17 @@ def sync_flow(name: str | None = None, ref: str | None = None, force: bool = Fal
         force: Discard local edits in the synced folder instead of refusing.
     """
     logger = get_run_logger()
-    settings = load_settings()
     try:
+        settings = load_settings()
         outcomes = sync_repositories(settings, name, ref, force, report=logger.info)
-    except MageDbtError as exc:
-        logger.error("%s", exc.one_line())
-        raise
+    except (MageDbtError, OSError) as exc:
+        error = exc if isinstance(exc, MageDbtError) else FileSystemError.from_os_error(exc)
+        if error is None:
+            raise
+        # One log line with git's own `fatal:` line (or dbt's error), and a Failed state carrying it:
+        # returned, not raised, so the flow run's log holds no traceback (nothing to debug in our code).
+        logger.error("%s", error.one_line())
+        return Failed(message=error.one_line(), data=error)
     return [outcome.to_dict() for outcome in outcomes]
 
 
