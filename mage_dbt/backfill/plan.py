@@ -4,6 +4,11 @@ A plan is made once, before anything runs, and recorded under `<data_dir>/backfi
 (written atomically). Resuming reads the plan back instead of recomputing it, so a resume covers
 exactly the intervals of the original request, in the same timezone.
 
+A range is checked and sized before any interval is built (`interval_window`): counting is
+arithmetic and the first and last intervals are found by stepping from the ends, so a dry run of a
+century of hours answers at once. More than `max_intervals()` intervals need `yes`; more than
+`CEILING_INTERVALS` are refused even then (a backfill makes one flow run per interval: split it).
+
 The plan carries a *pipeline fingerprint*: the hash of the pipeline file and the set of blocks the
 run selects. Resuming a backfill whose fingerprint changed would mix two pipeline definitions in
 one table history, so it is refused (naming what changed) unless `force` is given. Changes to dbt
@@ -16,19 +21,22 @@ import hashlib
 import json
 import os
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
 from mage_dbt.backfill.safety import check_concurrent_intervals
-from mage_dbt.dates import Interval, get_timezone, intervals_between
+from mage_dbt.dates import Interval, _count, get_timezone, interval_for, intervals_between, parse_execution_date
 from mage_dbt.errors import BackfillError
 from mage_dbt.pipeline import Pipeline, load_pipeline, pipeline_file
 from mage_dbt.settings import ProjectSettings
 
 MAX_INTERVALS_ENV = "MAGE_DBT_BACKFILL_MAX_INTERVALS"
 DEFAULT_MAX_INTERVALS = 366
+# One flow run (and a line in the plan record) per interval: beyond this a backfill is several backfills.
+CEILING_INTERVALS = 100_000
 TAG_PREFIX = "backfill:"
 
 
@@ -171,6 +179,103 @@ def interval_label(interval: Interval, unit: str) -> str:
     return interval.start.isoformat(timespec="minutes")
 
 
+@dataclass(frozen=True)
+class IntervalWindow:
+    """A checked backfill range, described without listing it: how many intervals, and the ends.
+
+    Iterating yields every interval lazily; `head` and `tail` step from either end."""
+
+    unit: str
+    timezone: str
+    count: int
+    first: Interval
+    last: Interval
+
+    def __iter__(self) -> Iterator[Interval]:
+        current = self.first
+        for _ in range(self.count):
+            yield current
+            current = interval_for(current.end, self.unit, self.timezone)
+
+    def head(self, n: int) -> list[Interval]:
+        """The first `n` intervals (all of them when there are fewer)."""
+        out: list[Interval] = []
+        for interval in self:
+            if len(out) == n:
+                break
+            out.append(interval)
+        return out
+
+    def tail(self, n: int) -> list[Interval]:
+        """The last `n` intervals, in date order."""
+        out = [self.last] if n > 0 else []
+        while 0 < len(out) < min(n, self.count):
+            before = out[-1].start.astimezone(timezone.utc) - timedelta(microseconds=1)
+            out.append(interval_for(before, self.unit, self.timezone))
+        return out[::-1]
+
+
+def interval_window(start: str, end: str, unit: str, tz: str) -> IntervalWindow:
+    """Check `start..end` (both inclusive interval starts) as `intervals_between` does, without listing it."""
+    def utc(value: str) -> datetime:
+        return parse_execution_date(value, tz).astimezone(timezone.utc)
+
+    if utc(end) < utc(start):
+        intervals_between(start, end, unit, tz)  # raises "end is before its start" (with the swap) at once
+    # Each call lists one interval and raises what intervals_between would for that end: unknown unit,
+    # a date that is not a date, an end that is not an interval start (named "start" or "end").
+    first = intervals_between(start, start, unit, tz)[0]
+    last = intervals_between(interval_for(end, unit, tz).start, end, unit, tz)[-1]
+    return IntervalWindow(unit=unit, timezone=tz, count=_count(first.start, last.start, unit), first=first, last=last)
+
+
+def size_refusal(window: IntervalWindow, *, yes: bool = False, limit: int | None = None) -> BackfillError | None:
+    """Why a backfill of `window` may not run (too many intervals), or None when it may."""
+    span = f"backfill {interval_label(window.first, window.unit)}..{interval_label(window.last, window.unit)}"
+    if window.count > CEILING_INTERVALS:
+        return BackfillError(
+            f"{span} has {window.count} {window.unit} intervals, more than a backfill may have "
+            f"({CEILING_INTERVALS}, one flow run each)",
+            hint="split the range into several backfills, or use a longer --interval",
+        )
+    cap = max_intervals(limit)
+    if window.count > cap and not yes:
+        return BackfillError(
+            f"{span} has {window.count} {window.unit} intervals, more than the maximum of {cap}",
+            hint=f"pass --yes to run them all, raise the maximum with --max-intervals or {MAX_INTERVALS_ENV}, "
+            "or narrow the range",
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class BackfillRequest:
+    """A backfill request whose pipeline, selection, range and concurrency are valid; not yet sized."""
+
+    pipeline: Pipeline
+    window: IntervalWindow
+
+
+def check_request(
+    settings: ProjectSettings,
+    pipeline: str,
+    start: str,
+    end: str,
+    *,
+    interval: str | None = None,
+    select: Sequence[str] | None = None,
+    target: str | None = None,
+    concurrency: int = 1,
+) -> BackfillRequest:
+    """Everything `make_plan` checks except the number of intervals; builds no interval list."""
+    if concurrency < 1:
+        raise BackfillError(f"--concurrency {concurrency} must be at least 1")
+    resolved = load_pipeline(settings, pipeline, target=target, select=list(select) if select else None)
+    window = interval_window(start, end, interval or resolved.spec.interval, resolved.spec.timezone)
+    check_concurrency(resolved, concurrency)
+    return BackfillRequest(pipeline=resolved, window=window)
+
+
 def make_plan(
     settings: ProjectSettings,
     pipeline: str,
@@ -186,23 +291,14 @@ def make_plan(
     limit: int | None = None,
 ) -> tuple[BackfillPlan, Pipeline]:
     """Validate a backfill request and resolve it into a plan; nothing is written or started."""
-    if concurrency < 1:
-        raise BackfillError(f"--concurrency {concurrency} must be at least 1")
-    resolved = load_pipeline(settings, pipeline, target=target, select=list(select) if select else None)
-    unit = interval or resolved.spec.interval
-    tz = resolved.spec.timezone
-    cap = max_intervals(limit)
-    try:
-        intervals = intervals_between(start, end, unit, tz, limit=None if yes else cap)
-    except BackfillError as exc:
-        if yes or "more than the maximum" not in exc.message:
-            raise
-        raise BackfillError(
-            exc.message,
-            hint=f"pass --yes to run them all, raise the maximum with --max-intervals or {MAX_INTERVALS_ENV}, "
-            "or narrow the range",
-        ) from None
-    check_concurrency(resolved, concurrency)
+    request = check_request(settings, pipeline, start, end, interval=interval, select=select, target=target,
+                            concurrency=concurrency)
+    window, resolved = request.window, request.pipeline
+    refusal = size_refusal(window, yes=yes, limit=limit)
+    if refusal is not None:
+        raise refusal
+    unit = window.unit
+    intervals = intervals_between(window.first.start, window.last.start, unit, window.timezone)
     first, last = intervals[0], intervals[-1]
     plan = BackfillPlan(
         id=new_backfill_id(settings, resolved.name, first, last, unit),
@@ -210,7 +306,7 @@ def make_plan(
         start=interval_label(first, unit),
         end=interval_label(last, unit),
         interval=unit,
-        timezone=tz,
+        timezone=window.timezone,
         intervals=tuple(intervals),
         fingerprint=PipelineFingerprint.of(settings, resolved),
         target=target,

@@ -16,9 +16,12 @@ import typer
 from rich.table import Table
 
 from mage_dbt.backfill.plan import (
+    CEILING_INTERVALS,
     MAX_INTERVALS_ENV,
     BackfillPlan,
+    IntervalWindow,
     check_concurrency,
+    check_request,
     check_unchanged,
     interval_key,
     interval_label,
@@ -27,13 +30,19 @@ from mage_dbt.backfill.plan import (
     make_plan,
     record_path,
     save_plan,
+    size_refusal,
 )
 from mage_dbt.cli import app
 from mage_dbt.cli.console import console
 from mage_dbt.cli.options import ProjectDir, Target, settings_for
+from mage_dbt.dates import Interval
 from mage_dbt.errors import BackfillError
+from mage_dbt.outputs import check_data_dir
 from mage_dbt.settings import PROJECT_DIR_ENV, ProjectSettings
 
+# A dry run lists every interval up to this many; longer ones show the first and last few.
+LIST_ALL_UP_TO = 60
+EDGE_ROWS = 5
 STATUS_STYLE = {"completed": "green", "failed": "bold red", "crashed": "bold red", "running": "cyan",
                 "cancelled": "yellow", "not started": "dim"}
 
@@ -47,8 +56,8 @@ def backfill(
     concurrency: Optional[int] = typer.Option(None, "--concurrency", "-j", help="Intervals at once, each in its own worker process (not on DuckDB)."),
     select: Optional[list[str]] = typer.Option(None, "--select", "-s", help="Run only these blocks (dbt selector syntax or block names)."),
     full_refresh_first: bool = typer.Option(False, "--full-refresh-first", help="Rebuild incremental models from scratch on the first interval."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="List the intervals and stop."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Allow more intervals than the maximum."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the intervals (long ranges: count, first and last) and stop."),
+    yes: bool = typer.Option(False, "--yes", "-y", help=f"Allow more intervals than the maximum (up to {CEILING_INTERVALS})."),
     max_intervals: Optional[int] = typer.Option(None, "--max-intervals", envvar=MAX_INTERVALS_ENV, help="Most intervals without --yes (default 366)."),
     keep_going: bool = typer.Option(False, "--keep-going", help="Go on with later intervals after one fails."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Resume backfill ID: run only its intervals that did not complete."),
@@ -74,7 +83,8 @@ def backfill(
             )
         plan, todo = _prepare_resume(settings, resume, concurrency=concurrency, force=force)
         if dry_run:
-            _print_intervals(plan, todo,
+            position = {interval_key(i): n for n, i in enumerate(plan.intervals, start=1)}
+            _print_intervals([(position[interval_key(i)], i) for i in todo], len(todo), plan.interval,
                              title=f"backfill {plan.id}: {len(todo)} of {len(plan.intervals)} intervals to run")
             return 0
         if not todo:
@@ -87,14 +97,15 @@ def backfill(
                 f"backfill needs {', '.join(missing)}",
                 hint="e.g. mage-dbt backfill demo --start 2024-01-01 --end 2024-01-31 (or --resume ID)",
             )
+        if dry_run:
+            return _dry_run(settings, pipeline, start, end, interval=interval, select=select, target=target,
+                            concurrency=concurrency or 1, yes=yes, limit=max_intervals)
         plan, _ = make_plan(
             settings, pipeline, start, end, interval=interval, select=select, target=target,
             full_refresh_first=full_refresh_first, concurrency=concurrency or 1, yes=yes, limit=max_intervals,
         )
-        if dry_run:
-            _print_intervals(plan, list(plan.intervals),
-                             title=f"{plan.pipeline}: {len(plan.intervals)} {plan.interval} intervals (dry run)")
-            return 0
+    check_data_dir(settings.data_dir)  # a read-only or full data folder stops here, before any flow run
+    if not resume:
         save_plan(settings, plan)
     return _run(settings, plan, resume=bool(resume), concurrency=concurrency, force=force, keep_going=keep_going)
 
@@ -151,16 +162,43 @@ def _run(settings: ProjectSettings, plan: BackfillPlan, *, resume: bool, concurr
     return 1
 
 
-def _print_intervals(plan: BackfillPlan, intervals: list, *, title: str) -> None:
+def _dry_run(settings: ProjectSettings, pipeline: str, start: str, end: str, *, yes: bool, limit: int | None,
+             **request) -> int:
+    """Show what a backfill would run, without building its intervals: a century of hours is instant.
+
+    The range, pipeline and concurrency are checked first (one error line); then the intervals are
+    shown, and a range the real backfill would refuse as too long ends with that error (exit 2)."""
+    checked = check_request(settings, pipeline, start, end, **request)
+    window = checked.window
+    _print_intervals(_window_rows(window), window.count, window.unit,
+                     title=f"{checked.pipeline.name}: {window.count} {window.unit} intervals (dry run)")
+    refusal = size_refusal(window, yes=yes, limit=limit)
+    if refusal is not None:
+        raise refusal
+    return 0
+
+
+def _window_rows(window: IntervalWindow) -> list[tuple[int, Interval]]:
+    if window.count <= LIST_ALL_UP_TO:
+        return list(enumerate(window, start=1))
+    tail_start = window.count - EDGE_ROWS + 1
+    return [*enumerate(window.head(EDGE_ROWS), start=1), *enumerate(window.tail(EDGE_ROWS), start=tail_start)]
+
+
+def _print_intervals(rows: list[tuple[int, Interval]], total: int, unit: str, *, title: str) -> None:
+    """A table of (position, interval) rows; more than LIST_ALL_UP_TO are cut to the first and last few."""
+    if total > LIST_ALL_UP_TO and len(rows) > 2 * EDGE_ROWS:
+        rows = [*rows[:EDGE_ROWS], *rows[-EDGE_ROWS:]]
     table = Table(title=title, title_justify="left")
     for column in ("#", "execution_date", "interval_start", "interval_end"):
         table.add_column(column)
-    position = {interval_key(i): n for n, i in enumerate(plan.intervals, start=1)}
-    for interval in intervals:
-        table.add_row(str(position[interval_key(interval)]), interval_label(interval, plan.interval),
-                      interval.start.isoformat(), interval.end.isoformat())
+    for index, (position, interval) in enumerate(rows):
+        if index == EDGE_ROWS and total > len(rows):
+            table.add_row("…", f"{total - len(rows)} more", "", "")
+        table.add_row(str(position), interval_label(interval, unit), interval.start.isoformat(),
+                      interval.end.isoformat())
     console.print(table)
-    console.print(f"{len(intervals)} intervals")
+    console.print(f"{total} intervals")
 
 
 @app.command()
