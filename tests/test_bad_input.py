@@ -1,5 +1,7 @@
 """User mistakes on `mage-dbt run`: one line naming the problem and the fix, exit code 2, no
-traceback, and no table touched (the DuckDB file is never even created)."""
+traceback, and no table touched (the DuckDB file is never even created).
+
+Command-line typos, unwritable paths and read-only data folders: tests/test_cli_usage_errors.py."""
 
 from __future__ import annotations
 
@@ -34,6 +36,11 @@ def _unparseable_project(project):
     return ["run", "demo", "--execution-date", "2024-02-01"], "does not parse"
 
 
+def _data_folder_is_a_file(project):
+    (project / ".mage_dbt").write_text("not a folder\n")
+    return ["run", "demo", "--execution-date", "2024-02-01"], f"cannot create {project / '.mage_dbt'}: File exists"
+
+
 CASES = {
     "unknown pipeline": lambda p: (["run", "nope", "--execution-date", "2024-02-01"], "unknown pipeline 'nope'"),
     "unknown target": lambda p: (["run", "demo", "--execution-date", "2024-02-01", "--target", "prod"], "unknown target 'prod'"),
@@ -43,6 +50,7 @@ CASES = {
     "selector matches nothing": _empty_selector,
     "missing profiles.yml": _missing_profiles,
     "project does not parse": _unparseable_project,
+    "data folder is a file": _data_folder_is_a_file,
 }
 
 
