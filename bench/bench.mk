@@ -4,14 +4,16 @@ BENCH_PYTHON        ?= .venv/bin/python
 BENCH_DEPS          ?= install
 BENCH_DBT_ARGS      ?=
 BENCH_MANIFEST_ARGS ?=
+BENCH_EMBEDDED_ARGS ?=
 # The other benchmarks of bench/ (backfill, bulk load), run with their defaults when present.
 BENCH_OTHERS        := $(wildcard bench/bench_backfill.py bench/bench_load.py)
 
-.PHONY: bench bench-dbt bench-manifest bench-others
+.PHONY: bench bench-dbt bench-manifest bench-embedded bench-others
 
 bench: $(BENCH_DEPS)
 	$(BENCH_PYTHON) bench/bench_dbt.py $(BENCH_DBT_ARGS)
 	$(BENCH_PYTHON) bench/bench_manifest.py $(BENCH_MANIFEST_ARGS)
+	$(BENCH_PYTHON) bench/bench_embedded.py $(BENCH_EMBEDDED_ARGS)
 	@for script in $(BENCH_OTHERS); do echo "== $$script"; $(BENCH_PYTHON) $$script || exit 1; done
 
 ## dbt build vs mage-dbt run vs per-model dbt run (issue 3), N = 50 and 200, DuckDB and Postgres.
@@ -21,6 +23,10 @@ bench-dbt: $(BENCH_DEPS)
 ## Time and peak memory to load a 2,000-model manifest into blocks, cold and cached (issue 3).
 bench-manifest: $(BENCH_DEPS)
 	$(BENCH_PYTHON) bench/bench_manifest.py $(BENCH_MANIFEST_ARGS)
+
+## Repeat `mage-dbt run demo` on the embedded default (local Prefect server) vs plain dbt build (issue 13).
+bench-embedded: $(BENCH_DEPS)
+	$(BENCH_PYTHON) bench/bench_embedded.py $(BENCH_EMBEDDED_ARGS)
 
 bench-others: $(BENCH_DEPS)
 	@for script in $(BENCH_OTHERS); do echo "== $$script"; $(BENCH_PYTHON) $$script || exit 1; done
