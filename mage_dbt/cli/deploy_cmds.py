@@ -111,26 +111,29 @@ def server_status() -> int:
     from mage_dbt import local_server
     from mage_dbt.serve import describe_database
 
+    def say(line: str) -> None:
+        console.print(line, soft_wrap=True)  # addresses and paths stay whole, to copy them
+
     paths, record, healthy = local_server.status()
     configured = os.environ.get("PREFECT_API_URL") or local_server.configured_api_url()
     if configured:
-        console.print(f"PREFECT_API_URL is set: commands use {configured}, not the local server")
+        say(f"PREFECT_API_URL is set: commands use {configured}, not the local server")
     elif not local_server.enabled():
-        console.print(f"{local_server.ENABLED_ENV}=0: each command starts a temporary Prefect server")
+        say(f"{local_server.ENABLED_ENV}=0: each command starts a temporary Prefect server")
     if record is None or not healthy:
         state = "not running" if record is None else f"not answering (pid {record.pid})"
-        console.print(f"local Prefect server: {state}; run, retry, backfill, full-refresh and rebuild "
-                      f"start it when PREFECT_API_URL is not set")
-        console.print(f"log: {paths.log}", soft_wrap=True)
+        say(f"local Prefect server: {state}; run, retry, backfill, full-refresh and rebuild "
+            f"start it when PREFECT_API_URL is not set")
+        say(f"log: {paths.log}")
         return 0
     used = local_server.last_used(paths)
     idle = "never stops by itself" if not record.idle_minutes else f"stops after {record.idle_minutes:g} min idle"
-    console.print(f"local Prefect server: running at {record.ui_url}  API: {record.url}")
-    console.print(f"pid: {record.pid} (supervisor {record.supervisor_pid}); started {record.started_at}; "
-                  f"last used {used.isoformat(timespec='seconds') if used else '-'}; {idle}")
-    console.print(f"log: {record.log}", soft_wrap=True)
-    console.print(f"database: {describe_database({**os.environ, 'PREFECT_HOME': str(paths.home)})}")
-    console.print(f"stop it with `mage-dbt server stop`; other tools: export PREFECT_API_URL={record.url}")
+    say(f"local Prefect server: running at {record.ui_url}  API: {record.url}")
+    say(f"pid: {record.pid} (supervisor {record.supervisor_pid}); started {record.started_at}; "
+        f"last used {used.isoformat(timespec='seconds') if used else '-'}; {idle}")
+    say(f"log: {record.log}")
+    say(f"database: {describe_database({**os.environ, 'PREFECT_HOME': str(paths.home)})}")
+    say(f"stop it with `mage-dbt server stop`; other tools: export PREFECT_API_URL={record.url}")
     return 0
 
 
