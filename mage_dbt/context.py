@@ -55,6 +55,13 @@ class RunContext:
         }
 
 
+def run_dbt_vars(spec: Any, execution_date: str | datetime, vars: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The `--vars` dbt gets on a run of pipeline `spec` (a PipelineSpec) for `execution_date`:
+    the pipeline's vars, then `vars`, then the run's dates (what parse-once keys its manifest on)."""
+    return make_context(spec.name, execution_date, interval=spec.interval, timezone=spec.timezone,
+                        vars={**spec.vars, **(vars or {})}).dbt_vars()
+
+
 def make_context(
     pipeline: str,
     execution_date: str | datetime,

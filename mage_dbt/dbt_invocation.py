@@ -126,8 +126,12 @@ def invoke_dbt(
     callbacks: Iterable[Callable[[Any], None]] = (),
     invocation_log: Path | None = None,
     node_count: int | None = None,
+    note: dict[str, Any] | None = None,
 ):
-    """Run one dbt command in this process, never concurrently with another."""
+    """Run one dbt command in this process, never concurrently with another.
+
+    `note`: extra fields for the invocation log record (e.g. whether a parse was traced).
+    """
     from dbt.cli.main import dbtRunner
 
     os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -150,6 +154,7 @@ def invoke_dbt(
             "seconds": round(seconds, 3),
             "success": bool(result.success),
             "cached_manifest": manifest is not None,
+            **(note or {}),
         }
         with invocation_log.open("a") as handle:
             handle.write(json.dumps(record) + "\n")

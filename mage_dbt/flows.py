@@ -9,6 +9,7 @@ wall clock, so a run that starts late still processes its own date.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -18,7 +19,8 @@ from prefect.states import Completed, Failed
 
 from mage_dbt.context import make_context
 from mage_dbt.heartbeats import flow_run_heartbeats
-from mage_dbt.pipeline import load_pipeline
+from mage_dbt.pipeline import for_dbt_vars, load_pipeline
+from mage_dbt.pipeline_spec import load_pipeline_spec
 from mage_dbt.retry import retry_outputs
 from mage_dbt.runner import PipelineRunner, RunSummary
 from mage_dbt.settings import load_settings
@@ -82,19 +84,22 @@ def pipeline_flow(
         from mage_dbt.sync_flow import prepare_run_project, record_commit
 
         project = prepare_run_project(settings, pipeline, ref=ref, target=target, log=logger)  # sync_on_run / ref
-        resolved = load_pipeline(settings, pipeline, target=target, select=select, dbt_ref=project.dbt_ref)
-        dbt_commit = record_commit(resolved, project, log=logger)  # log line + dbt-commit:<sha12> tag
+        spec = load_pipeline_spec(settings.flows_dir, pipeline)
         context = make_context(
-            resolved.name,
+            spec.name,
             execution_date or scheduled_time(),
-            interval=resolved.spec.interval,
-            timezone=resolved.spec.timezone,
+            interval=spec.interval,
+            timezone=spec.timezone,
             full_refresh=full_refresh,
-            vars={**resolved.spec.vars, **(vars or {})},
-            target=target or resolved.spec.target,
+            vars={**spec.vars, **(vars or {})},
+            target=target or spec.target,
             run_id=run_id,
-            dbt_commit=dbt_commit,
         )
+        # dbt parses with the run's vars (dates included): vars can change which nodes exist.
+        resolved = load_pipeline(settings, pipeline, target=target, select=select, dbt_ref=project.dbt_ref,
+                                 dbt_vars=context.dbt_vars())
+        dbt_commit = record_commit(resolved, project, log=logger)  # log line + dbt-commit:<sha12> tag
+        context = replace(context, dbt_commit=dbt_commit)
         logger.info(
             "pipeline %s, execution date %s, %d blocks in %d units%s",
             resolved.name, context.date_vars()["execution_date"], len(resolved.blocks), len(resolved.units),
@@ -115,6 +120,7 @@ def run_and_report(settings, resolved, context, logger, **runner_options):
     """Run a resolved pipeline inside the current flow run: task runs per block, a summary file
     and log lines, and the flow run's final state (Failed, with the summary, when a block failed)."""
     ctx = FlowRunContext.get()
+    resolved = for_dbt_vars(resolved, context.dbt_vars())  # resolved before the run's vars were known
     reporter = TaskRunReporter(context.run_id) if ctx and ctx.flow_run else None
     try:
         summary = PipelineRunner(settings, resolved, context, reporter=reporter, **runner_options).run()

@@ -1,8 +1,11 @@
 """Parse once: load a dbt project's manifest, cache it per project revision and target, select nodes.
 
 The cache key is the project's file contents (or, for a git-synced project, its commit and revision
-folder), the profiles file, the target, the values of the env vars the project reads and the dbt
-version. A hit loads a small pickled node index (fast enough for `blocks`) and, lazily, the pickled
+folder), the installed packages (`dbt_packages/`, local packages through their links: path, size
+and modification time of every file), the profiles file, the target, the values of the env vars
+the project reads and the dbt version; then, per such revision, one variant per *parse
+dependencies*: the vars `dbt parse` read and how (`mage_dbt.parse_vars`). A run whose vars give
+the same parse result reuses a variant; other vars parse again, once per distinct value. A hit loads a small pickled node index (fast enough for `blocks`) and, lazily, the pickled
 dbt `Manifest` object that `dbtRunner(manifest=...)` reuses so no dbt invocation parses again. A
 miss runs `dbt parse` in-process once and fills the cache atomically. A git-synced project is
 parsed in its revision folder, never through the destination symlink: dbt records the folder in
@@ -16,6 +19,7 @@ import json
 import os
 import pickle
 import re
+import logging
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,6 +30,12 @@ from mage_dbt.errors import DbtProjectError, SelectionError
 from mage_dbt.manifest_pickle import FORMAT as PICKLE_FORMAT
 from mage_dbt.manifest_pickle import dumps as pickle_dumps
 from mage_dbt.nodes import DbtNode, nodes_from_manifest_dict
+from mage_dbt.parse_vars import ParseDependencies, TraceEscaped, pin_traced, tracing
+
+LOG = logging.getLogger("mage_dbt.manifest")
+CACHE_LAYOUT = "parse-deps-v1"  # part of the key: caches laid out another way are not reused
+# The vars mage_dbt sets on every run (mage_dbt.dates.dbt_vars): traced rather than pinned at parse time.
+RUN_VARS = frozenset({"execution_date", "execution_ts", "interval_start", "interval_end"})
 
 _SKIP_DIRS = {"target", "logs", "dbt_packages", ".git", "__pycache__", ".venv"}
 _ENV_VAR_NAME = re.compile(r"env_var\(\s*['\"]([A-Za-z_][A-Za-z0-9_]*)['\"]")
@@ -75,9 +85,14 @@ class LoadedManifest:
     key: str
     nodes: dict[str, DbtNode]
     _manifest_file: Path
+    deps: ParseDependencies = field(default_factory=ParseDependencies)
     _dbt_manifest: Any = None
     _graph: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def serves(self, dbt_vars: dict[str, Any] | None) -> bool:
+        """True when dbt would parse this same manifest with `dbt_vars`."""
+        return self.deps.mismatch(dbt_vars or {}) is None
 
     @property
     def dbt_manifest(self) -> Any:
@@ -177,7 +192,7 @@ def project_fingerprint(ref: DbtProjectRef, commit: str | None = None) -> str:
     import dbt.version
 
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"{dbt.version.__version__}|{PICKLE_FORMAT}|{ref.target}|".encode())
+    digest.update(f"{dbt.version.__version__}|{PICKLE_FORMAT}|{CACHE_LAYOUT}|{ref.target}|".encode())
     env_names: set[str] = set()
     profiles = ref.profiles_dir / "profiles.yml"
     if profiles.is_file():
@@ -195,7 +210,48 @@ def project_fingerprint(ref: DbtProjectRef, commit: str | None = None) -> str:
             env_names.update(_ENV_VAR_NAME.findall(data.decode(errors="replace")))
     for name in sorted(env_names):
         digest.update(f"{name}={os.environ.get(name, '')}\0".encode())
+    digest.update(package_stamp(ref.project_dir))
     return digest.hexdigest()
+
+
+def package_stamp(project_dir: Path) -> bytes:
+    """Path, size and modification time of every file of the installed packages.
+
+    dbt reads packages from `dbt_packages/` (its `packages-install-path`), where a `local:` package
+    is a link to its folder: the walk follows links. Stat only, no reads: measured in the README.
+    """
+    root = project_dir / _packages_install_path(project_dir)
+    if not root.is_dir():
+        return b"no-packages"
+    rows = []
+    seen: set[tuple[int, int]] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        info = os.stat(folder)
+        if (info.st_dev, info.st_ino) in seen:  # a link loop
+            dirs[:] = []
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and not d.startswith("."))
+        for name in sorted(files):
+            path = Path(folder) / name
+            try:
+                stat = path.stat()
+            except OSError:  # a dangling link: dbt cannot read it either
+                continue
+            rows.append(f"{path.relative_to(root)}|{stat.st_size}|{stat.st_mtime_ns}")
+    return "\n".join(rows).encode()
+
+
+def _packages_install_path(project_dir: Path) -> str:
+    text = (project_dir / "dbt_project.yml").read_text(errors="replace") if (project_dir / "dbt_project.yml").is_file() else ""
+    if "packages-install-path" not in text:
+        return "dbt_packages"
+    import yaml
+
+    try:
+        return str((yaml.safe_load(text) or {}).get("packages-install-path") or "dbt_packages")
+    except yaml.YAMLError:
+        return "dbt_packages"
 
 
 def _project_files(root: Path):
@@ -209,46 +265,118 @@ class ManifestCache:
     """Loaded manifests of this process, backed by the on-disk cache under the data folder."""
 
     def __init__(self) -> None:
-        self._loaded: dict[str, LoadedManifest] = {}
+        self._loaded: dict[Path, LoadedManifest] = {}
         self._lock = threading.Lock()
+        self._reported: set[tuple[str, str]] = set()
 
-    def load(self, ref: DbtProjectRef, *, commit: str | None = None) -> LoadedManifest:
-        """`commit`: the git commit of `ref.project_dir` when no git sync marker says it yet (validation)."""
+    def load(self, ref: DbtProjectRef, *, commit: str | None = None,
+             dbt_vars: dict[str, Any] | None = None) -> LoadedManifest:
+        """The manifest dbt would parse for `ref` with `dbt_vars` (the run's `--vars`).
+
+        `commit`: the git commit of `ref.project_dir` when no git sync marker says it yet (validation).
+        """
         ref, commit = pinned_ref(ref, commit)
-        key = project_fingerprint(ref, commit)
+        base = project_fingerprint(ref, commit)
+        dbt_vars = dict(dbt_vars or {})
         with self._lock:
-            if key in self._loaded:
-                return self._loaded[key]
-            folder = ref.data_dir / "manifest_cache" / f"{ref.name}-{key}"
-            nodes_file, manifest_file = folder / "nodes.pkl", folder / "manifest.pkl"
-            if not (nodes_file.is_file() and manifest_file.is_file()):
-                manifest = parse_project(ref)
-                _write_cache(folder, manifest, ref.target_path / "manifest.json")
-            nodes = pickle.loads(nodes_file.read_bytes())
-            loaded = LoadedManifest(ref=ref, key=key, nodes=nodes, _manifest_file=manifest_file)
-            self._loaded[key] = loaded
+            root = ref.data_dir / "manifest_cache"
+            mismatches = []
+            for folder in sorted(root.glob(f"{ref.name}-{base}-*"), key=_newest_first):
+                loaded = self._loaded.get(folder) or _read_variant(ref, f"{base}-{folder.name.rsplit('-', 1)[1]}", folder)
+                if loaded is None:
+                    continue
+                self._loaded[folder] = loaded
+                why = loaded.deps.mismatch(dbt_vars)
+                if why is None:
+                    return loaded
+                mismatches.append(why)
+            manifest, payload, deps = parse_project(ref, dbt_vars)
+            if mismatches:
+                self._report(ref, mismatches[0])
+            folder = root / f"{ref.name}-{base}-{deps.key()}"
+            _write_cache(folder, manifest, payload, deps, ref.target_path / "manifest.json")
+            loaded = _read_variant(ref, f"{base}-{deps.key()}", folder)
+            assert loaded is not None
+            self._loaded[folder] = loaded
             return loaded
 
+    def _report(self, ref: DbtProjectRef, why: str) -> None:
+        """Say once per process and var why dbt parses again for other vars."""
+        key = (ref.name, why.split(" (")[0])
+        if key in self._reported:
+            return
+        self._reported.add(key)
+        message = f"dbt project '{ref.name}': {why} changes what dbt parses; parsing once per distinct value"
+        try:  # inside a flow run: its log; otherwise the console
+            from prefect.logging import get_run_logger
 
-def parse_project(ref: DbtProjectRef) -> Any:
-    """Run `dbt parse` in-process and return dbt's Manifest, or raise a one-line DbtProjectError."""
+            get_run_logger().warning(message)
+        except Exception:  # noqa: BLE001 - no run context
+            LOG.warning(message)
+
+
+def _newest_first(folder: Path) -> float:
+    try:
+        return -folder.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _read_variant(ref: DbtProjectRef, key: str, folder: Path) -> LoadedManifest | None:
+    files = [folder / name for name in ("nodes.pkl", "manifest.pkl", "parse_deps.pkl")]
+    if not all(f.is_file() for f in files):
+        return None  # being written by another process, or left half by a crash
+    try:
+        nodes = pickle.loads(files[0].read_bytes())
+        deps = pickle.loads(files[2].read_bytes())
+    except Exception:  # noqa: BLE001 - an unreadable cache entry is a miss
+        return None
+    return LoadedManifest(ref=ref, key=key, nodes=nodes, _manifest_file=files[1], deps=deps)
+
+
+def parse_project(ref: DbtProjectRef, dbt_vars: dict[str, Any] | None = None) -> tuple[Any, bytes, ParseDependencies]:
+    """Run `dbt parse` in-process with the run's vars; return dbt's Manifest, its pickle and what
+    it depends on. Raise a one-line DbtProjectError when the project does not parse."""
     if not (ref.profiles_dir / "profiles.yml").is_file():
         raise DbtProjectError(
             f"no profiles.yml in {ref.profiles_dir}",
             hint="create it (see README) or point DBT_PROFILES_DIR / mage_dbt.yaml profiles_dir at it",
         )
     check_profile(ref)
-    result = invoke_dbt(
-        ["parse", *ref.base_args(), "--log-level", "none", "--no-partial-parse"],
-        invocation_log=ref.invocation_log,
-    )
+    dbt_vars = dict(dbt_vars or {})
+    result, deps, why = _parse(ref, dbt_vars, traced=True)
+    payload = None
+    if result.success and result.result is not None and why is None:
+        try:
+            payload = pickle_dumps(result.result)  # not pickle.dumps: dbt's Manifest pickling loses fields
+        except TraceEscaped as exc:
+            why = str(exc)
+    if why is not None:
+        LOG.info("dbt project '%s': run vars pinned for this parse (%s)", ref.name, why)
+        result, plain_deps, _ = _parse(ref, dbt_vars, traced=False)
+        deps = pin_traced(plain_deps, dbt_vars, why)
     if not result.success or result.result is None:
         reason = error_text(result) or "dbt parse failed"
         raise DbtProjectError(
             f"dbt project '{ref.name}' ({ref.project_dir}) does not parse: {reason}",
             hint=f"fix the project, then check with: dbt parse --project-dir {ref.project_dir}",
         )
-    return result.result
+    return result.result, payload or pickle_dumps(result.result), deps
+
+
+def _parse(ref: DbtProjectRef, dbt_vars: dict[str, Any], *, traced: bool):
+    """One `dbt parse`; returns (dbtRunnerResult, parse dependencies, why tracing gave up or None)."""
+    args = ["parse", *ref.base_args(), "--log-level", "none", "--no-partial-parse"]
+    if dbt_vars:
+        args += ["--vars", json.dumps(dbt_vars, default=str)]
+    (ref.target_path / "manifest.json").unlink(missing_ok=True)  # never read a stale one afterwards
+    with dbt_lock(), tracing(RUN_VARS, enabled=traced) as recorder:
+        result = invoke_dbt(args, invocation_log=ref.invocation_log,
+                            note={"traced": traced, "vars": sorted(dbt_vars)})
+    why = recorder.gave_up
+    if traced and not result.success:
+        why = why or "the traced parse failed"
+    return result, (pin_traced(recorder.deps, dbt_vars, why) if why else recorder.deps), why
 
 
 def check_profile(ref: DbtProjectRef) -> None:
@@ -276,8 +404,10 @@ def check_profile(ref: DbtProjectRef) -> None:
         )
 
 
-def _write_cache(folder: Path, manifest: Any, manifest_json: Path) -> None:
-    """Write both pickles atomically (temp files + rename), so readers never see half a cache.
+def _write_cache(folder: Path, manifest: Any, manifest_pickle: bytes, deps: ParseDependencies,
+                 manifest_json: Path) -> None:
+    """Write the cache entry atomically (temp files + rename), so readers never see half a cache;
+    `parse_deps.pkl` is written last, and an entry without it is not read.
 
     dbt's manifest.json of the revision is kept beside them: runs do not rewrite it (see
     dbt_executor), so this is the artifact for tools that read one.
@@ -289,8 +419,8 @@ def _write_cache(folder: Path, manifest: Any, manifest_json: Path) -> None:
     else:
         as_dict = manifest.writable_manifest().to_dict(omit_none=False)
         text, nodes = json.dumps(as_dict), nodes_from_manifest_dict(as_dict)
-    payloads = (("manifest.json", text.encode()), ("manifest.pkl", pickle_dumps(manifest)),
-                ("nodes.pkl", pickle_dumps(nodes)))  # not pickle.dumps: dbt's Manifest pickling loses fields
+    payloads = (("manifest.json", text.encode()), ("manifest.pkl", manifest_pickle),
+                ("nodes.pkl", pickle_dumps(nodes)), ("parse_deps.pkl", pickle.dumps(deps, protocol=4)))
     for name, payload in payloads:
         tmp = folder / f".{name}.{os.getpid()}.tmp"
         tmp.write_bytes(payload)
@@ -305,6 +435,8 @@ def load_manifest_json(path: Path) -> dict[str, DbtNode]:
 DEFAULT_CACHE = ManifestCache()
 
 
-def load_manifest(ref: DbtProjectRef, *, commit: str | None = None) -> LoadedManifest:
-    """Load (parse at most once per revision and target) the manifest of `ref`."""
-    return DEFAULT_CACHE.load(ref, commit=commit)
+def load_manifest(ref: DbtProjectRef, *, commit: str | None = None,
+                  dbt_vars: dict[str, Any] | None = None) -> LoadedManifest:
+    """Load the manifest of `ref` for a run with `dbt_vars`: parsed at most once per revision,
+    target and parse-relevant var values."""
+    return DEFAULT_CACHE.load(ref, commit=commit, dbt_vars=dbt_vars)

@@ -8,8 +8,9 @@ invocation; every other block is a unit of its own. Units are returned in an exe
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import networkx as nx
 
@@ -32,6 +33,18 @@ class Unit:
     dbt_project: str | None = None
 
 
+@dataclass(frozen=True)
+class PipelineOrigin:
+    """How a pipeline was resolved, so it can be resolved again for other dbt vars."""
+
+    settings: ProjectSettings
+    target: str | None
+    select: tuple[str, ...] | None
+    translator: DbtBlockTranslator | None
+    dbt_ref: DbtProjectRef | None
+    only: frozenset[str] | None = None  # the block names `restrict` kept
+
+
 @dataclass
 class Pipeline:
     """A resolved pipeline: its spec, blocks, DAG, units and the manifest it was built from."""
@@ -43,6 +56,7 @@ class Pipeline:
     manifest: LoadedManifest | None = None
     dbt_ref: DbtProjectRef | None = None
     unit_of: dict[str, str] = field(default_factory=dict)
+    origin: PipelineOrigin | None = None
 
     @property
     def name(self) -> str:
@@ -79,10 +93,17 @@ def load_pipeline(
     select: list[str] | None = None,
     translator: DbtBlockTranslator | None = None,
     dbt_ref: DbtProjectRef | None = None,
+    dbt_vars: dict[str, Any] | None = None,
 ) -> Pipeline:
-    """Read `flows/<name>.yaml` and resolve it against the (cached) manifest."""
+    """Read `flows/<name>.yaml` and resolve it against the (cached) manifest.
+
+    `dbt_vars`: the `--vars` of the run this is for (`RunContext.dbt_vars()`), so that vars that
+    change what dbt parses (enabled models, refs in `{% if var(...) %}`) give dbt's node set; by
+    default the pipeline's own `vars:`, as a `dbt ls` without the run's date would see them.
+    """
     spec = load_pipeline_spec(settings.flows_dir, name)
-    return build_pipeline(settings, spec, target=target, select=select, translator=translator, dbt_ref=dbt_ref)
+    return build_pipeline(settings, spec, target=target, select=select, translator=translator, dbt_ref=dbt_ref,
+                          dbt_vars=dbt_vars)
 
 
 def build_pipeline(
@@ -93,6 +114,7 @@ def build_pipeline(
     select: list[str] | None = None,
     translator: DbtBlockTranslator | None = None,
     dbt_ref: DbtProjectRef | None = None,
+    dbt_vars: dict[str, Any] | None = None,
 ) -> Pipeline:
     from mage_dbt.dbt_command import check_dbt_command_blocks
 
@@ -104,7 +126,7 @@ def build_pipeline(
     if spec.dbt is not None:
         settings.export_environment()
         ref = dbt_ref or dbt_project_ref(settings, spec, target)
-        loaded = load_manifest(ref)
+        loaded = load_manifest(ref, dbt_vars=dict(spec.vars) if dbt_vars is None else dbt_vars)
         chosen = loaded.select(spec.dbt.select, spec.dbt.exclude)
         if spec.dbt.command == "run":
             chosen = {u for u in chosen if loaded.nodes[u].resource_type in MODEL_ONLY_TYPES}
@@ -135,10 +157,14 @@ def build_pipeline(
     _reject_cycles(spec, graph)
     blocks = {n: _with_upstream(b, graph) for n, b in blocks.items()}
     units = group_units(blocks, graph)
-    pipeline = Pipeline(spec=spec, blocks=blocks, graph=graph, units=units, manifest=loaded, dbt_ref=ref)
+    origin = PipelineOrigin(settings=settings, target=target, select=tuple(select) if select else None,
+                            translator=translator, dbt_ref=dbt_ref)
+    pipeline = Pipeline(spec=spec, blocks=blocks, graph=graph, units=units, manifest=loaded, dbt_ref=ref, origin=origin)
     pipeline.unit_of = {b: u.id for u in units for b in u.blocks}
     if select:
-        return restrict(pipeline, select_blocks(pipeline, select))
+        selected = restrict(pipeline, select_blocks(pipeline, select))
+        selected.origin = origin  # resolved again, `select` chooses again
+        return selected
     return pipeline
 
 
@@ -198,8 +224,6 @@ def _reject_cycles(spec: PipelineSpec, graph: nx.DiGraph) -> None:
 
 
 def _with_upstream(block: Block, graph: nx.DiGraph) -> Block:
-    from dataclasses import replace
-
     ups = tuple(sorted(graph.predecessors(block.name)))
     return block if ups == block.upstream else replace(block, upstream=ups)
 
@@ -272,12 +296,28 @@ def restrict(pipeline: Pipeline, names: set[str]) -> Pipeline:
     sub = pipeline.graph.subgraph(names).copy()
     blocks = {n: _with_upstream(pipeline.blocks[n], sub) for n in names}
     units = group_units(blocks, sub)
+    origin = pipeline.origin and replace(pipeline.origin, only=frozenset(names))
     restricted = Pipeline(
         spec=pipeline.spec, blocks=blocks, graph=sub, units=units,
-        manifest=pipeline.manifest, dbt_ref=pipeline.dbt_ref,
+        manifest=pipeline.manifest, dbt_ref=pipeline.dbt_ref, origin=origin,
     )
     restricted.unit_of = {b: u.id for u in units for b in u.blocks}
     return restricted
+
+
+def for_dbt_vars(pipeline: Pipeline, dbt_vars: dict[str, Any]) -> Pipeline:
+    """`pipeline` as dbt would resolve it with `dbt_vars`: itself when its manifest serves those
+    vars (the common case: a var only used in SQL), else resolved again from the manifest dbt
+    parses with them (mage_dbt.parse_vars)."""
+    if pipeline.manifest is None or pipeline.origin is None or pipeline.manifest.serves(dbt_vars):
+        return pipeline
+    origin = pipeline.origin
+    fresh = build_pipeline(origin.settings, pipeline.spec, target=origin.target,
+                           select=list(origin.select) if origin.select else None,
+                           translator=origin.translator, dbt_ref=origin.dbt_ref, dbt_vars=dbt_vars)
+    if origin.only is None:
+        return fresh
+    return restrict(fresh, set(origin.only) & set(fresh.blocks))
 
 
 def pipeline_file(settings: ProjectSettings, name: str) -> Path:

@@ -93,7 +93,8 @@ def backfill_flow(
             add_parent_run(settings, plan, run_id)
         crashed = mark_crashed(plan.id, keep=[run_id] if run_id else [],
                                reason="its process is gone (backfill resumed)")
-        resolved = load_pipeline(settings, plan.pipeline, target=plan.target, select=list(plan.select or ()) or None)
+        resolved = load_pipeline(settings, plan.pipeline, target=plan.target, select=list(plan.select or ()) or None,
+                                 dbt_vars=first_interval_vars(settings, plan))
         check_concurrency(resolved, concurrency or plan.concurrency)
         execution = BackfillExecution(
             settings, plan, concurrency=concurrency or plan.concurrency, keep_going=keep_going,
@@ -104,6 +105,16 @@ def backfill_flow(
             execution.logger.warning("marked %d run(s) left by a dead process CRASHED: %s",
                                      len(crashed), ", ".join(crashed[:10]))
         return execution.run()
+
+
+def first_interval_vars(settings: ProjectSettings, plan: BackfillPlan) -> dict[str, Any] | None:
+    """The dbt vars of the plan's first interval: the manifest its intervals are parsed for."""
+    from mage_dbt.context import run_dbt_vars
+    from mage_dbt.pipeline_spec import load_pipeline_spec
+
+    if not plan.intervals:
+        return None
+    return run_dbt_vars(load_pipeline_spec(settings.flows_dir, plan.pipeline), plan.intervals[0].start)
 
 
 def resolve_plan(

@@ -270,8 +270,14 @@ def check_request(
     """Everything `make_plan` checks except the number of intervals; builds no interval list."""
     if concurrency < 1:
         raise BackfillError(f"--concurrency {concurrency} must be at least 1")
-    resolved = load_pipeline(settings, pipeline, target=target, select=list(select) if select else None)
-    window = interval_window(start, end, interval or resolved.spec.interval, resolved.spec.timezone)
+    from mage_dbt.context import run_dbt_vars
+    from mage_dbt.pipeline_spec import load_pipeline_spec
+
+    spec = load_pipeline_spec(settings.flows_dir, pipeline)
+    window = interval_window(start, end, interval or spec.interval, spec.timezone)
+    # parsed with the first interval's dates: the manifest the intervals reuse (mage_dbt.parse_vars)
+    resolved = load_pipeline(settings, pipeline, target=target, select=list(select) if select else None,
+                             dbt_vars=run_dbt_vars(spec, window.first.start))
     check_concurrency(resolved, concurrency)
     return BackfillRequest(pipeline=resolved, window=window)
 
@@ -334,8 +340,14 @@ def check_concurrency(pipeline: Pipeline, concurrency: int) -> None:
 
 def check_unchanged(settings: ProjectSettings, plan: BackfillPlan, *, force: bool = False) -> BackfillPlan:
     """Refuse to resume when the pipeline definition changed, unless `force`; returns the plan to run."""
+    from mage_dbt.context import run_dbt_vars
+    from mage_dbt.pipeline_spec import load_pipeline_spec
+
+    first = run_dbt_vars(load_pipeline_spec(settings.flows_dir, plan.pipeline), plan.intervals[0].start) \
+        if plan.intervals else None
     resolved = load_pipeline(
-        settings, plan.pipeline, target=plan.target, select=list(plan.select) if plan.select else None
+        settings, plan.pipeline, target=plan.target, select=list(plan.select) if plan.select else None,
+        dbt_vars=first,
     )
     now = PipelineFingerprint.of(settings, resolved)
     changes = now.changes_since(plan.fingerprint)

@@ -68,7 +68,13 @@ def main(argv: list[str]) -> int:
     quiet_prefect_console()
     settings = load_settings(Path(config["project_dir"]))
     settings.export_environment()
-    resolved = load_pipeline(settings, config["pipeline"], target=config.get("target"), select=config.get("select"))
+    from mage_dbt.context import run_dbt_vars
+    from mage_dbt.pipeline_spec import load_pipeline_spec
+
+    first = config.get("first_execution_date")
+    spec = load_pipeline_spec(settings.flows_dir, config["pipeline"])
+    resolved = load_pipeline(settings, config["pipeline"], target=config.get("target"), select=config.get("select"),
+                             dbt_vars=run_dbt_vars(spec, first) if first else None)
     if config.get("dbt_write_json") is not None:  # as in the parent, once the manifest is loaded
         from mage_dbt.backfill.flow import apply_no_dbt_artifacts
 

@@ -79,12 +79,14 @@ def status(
     from mage_dbt.drift import detect_drift
     from mage_dbt.pipeline import load_pipeline
 
+    from mage_dbt.pipeline_spec import load_pipeline_spec
+
     settings = settings_for(project_dir)
-    resolved = load_pipeline(settings, pipeline, target=target)
-    spec = resolved.spec
+    spec = load_pipeline_spec(settings.flows_dir, pipeline)
     when = parse_execution_date(execution_date, spec.timezone) if execution_date else datetime.now(timezone.utc)
-    context = make_context(resolved.name, when, interval=spec.interval, timezone=spec.timezone,
+    context = make_context(spec.name, when, interval=spec.interval, timezone=spec.timezone,
                            vars=spec.vars, target=target or spec.target)
+    resolved = load_pipeline(settings, pipeline, target=target, dbt_vars=context.dbt_vars())
     states = detect_drift(resolved, context)
     if not states:
         console.print(f"pipeline {resolved.name} has no incremental models")

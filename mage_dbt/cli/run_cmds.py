@@ -42,7 +42,10 @@ def run(
     from mage_dbt.sync_flow import prepare_run_project
 
     project = prepare_run_project(settings, pipeline, ref=ref, target=target, log=ConsoleLog())
-    load_pipeline(settings, pipeline, target=target, select=select, dbt_ref=project.dbt_ref)
+    from mage_dbt.context import run_dbt_vars
+
+    load_pipeline(settings, pipeline, target=target, select=select, dbt_ref=project.dbt_ref,
+                  dbt_vars=run_dbt_vars(spec, when, parse_vars(var)))
     from mage_dbt.prefect_setup import run_flow_quietly
     from mage_dbt.flows import pipeline_flow
 
