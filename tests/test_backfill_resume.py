@@ -85,8 +85,11 @@ def test_backfill_resumes_only_unfinished_intervals(demo_project):
     assert runs_by_name(backfill_id)["daily-2024-01-03"] == ["FAILED", "FAILED", "COMPLETED"]
     assert all(len(states) == 1 for name, states in runs_by_name(backfill_id).items() if name != "daily-2024-01-03")
 
-    # every process parsed the dbt project at most once (the in-process manifest cache)
-    assert max(parses_per_process(invocations(project)).values(), default=0) <= 1
+    # every process parsed the dbt project at most twice: CHECK_MODEL compares execution_date with
+    # the broken day at parse time, so dbt's parse differs on that day (mage_dbt.parse_vars traces it)
+    # and the manifest cache keeps one parse per outcome, never one per date
+    assert max(parses_per_process(invocations(project)).values(), default=0) <= 2
+    assert sum(parses_per_process(invocations(project)).values()) < 2 * len(DAYS)
     revenue_days = duckdb_rows(project, "select cast(revenue_date as varchar) from main.fct_daily_revenue order by 1")
     assert [r[0] for r in revenue_days] == DAYS
     ltv = duckdb_rows(project, "select count(*) from main.customer_ltv_daily")[0][0]
