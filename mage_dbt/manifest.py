@@ -312,7 +312,7 @@ class ManifestCache:
 
             get_run_logger().warning(message)
         except Exception:  # noqa: BLE001 - no run context
-            LOG.warning(message)
+            LOG.info(message)
 
 
 def _newest_first(folder: Path) -> float:
