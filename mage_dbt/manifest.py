@@ -374,7 +374,9 @@ def _parse(ref: DbtProjectRef, dbt_vars: dict[str, Any], *, traced: bool):
         result = invoke_dbt(args, invocation_log=ref.invocation_log,
                             note={"traced": traced, "vars": sorted(dbt_vars)})
     why = recorder.gave_up
-    if traced and not result.success:
+    if traced and not result.success and RUN_VARS & dbt_vars.keys():
+        # Only a parse that traced run dates may have failed because of the tracing: retry it
+        # with the dates pinned. Without them the failure is the project's own: report it as is.
         why = why or "the traced parse failed"
     return result, (pin_traced(recorder.deps, dbt_vars, why) if why else recorder.deps), why
 

@@ -9,12 +9,14 @@ invocation; every other block is a unit of its own. Units are returned in an exe
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import networkx as nx
 
 from mage_dbt.blocks import Block, DbtBlockTranslator
+from mage_dbt.context import run_dbt_vars
 from mage_dbt.errors import ConfigError, SelectionError
 from mage_dbt.manifest import DbtProjectRef, LoadedManifest, load_manifest
 from mage_dbt.pipeline_spec import PipelineSpec, load_pipeline_spec
@@ -126,7 +128,9 @@ def build_pipeline(
     if spec.dbt is not None:
         settings.export_environment()
         ref = dbt_ref or dbt_project_ref(settings, spec, target)
-        loaded = load_manifest(ref, dbt_vars=dict(spec.vars) if dbt_vars is None else dbt_vars)
+        if dbt_vars is None:  # no run at hand: a run of today stands for every run (the traced parse serves all dates)
+            dbt_vars = run_dbt_vars(spec, datetime.now(timezone.utc))
+        loaded = load_manifest(ref, dbt_vars=dbt_vars)
         chosen = loaded.select(spec.dbt.select, spec.dbt.exclude)
         if spec.dbt.command == "run":
             chosen = {u for u in chosen if loaded.nodes[u].resource_type in MODEL_ONLY_TYPES}

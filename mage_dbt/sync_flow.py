@@ -21,6 +21,7 @@ import logging
 import os
 import subprocess
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -55,11 +56,16 @@ class DbtProjectHooks:
         )
 
     def validate(self, project_dir: Path) -> None:
-        """Parse the candidate revision with dbt (once per commit: the result fills the manifest cache)."""
+        """Parse the candidate revision with dbt (once per commit: the result fills the manifest cache).
+
+        It parses with a run's date vars (today's day interval) so that, when the project does not
+        use the run dates at parse time, the traced manifest it caches serves every dated run."""
+        from mage_dbt.dates import dbt_vars, interval_for
         from mage_dbt.manifest import load_manifest
 
+        today = dbt_vars(interval_for(datetime.now(timezone.utc)))
         try:
-            load_manifest(self.ref(project_dir), commit=worktree_commit(project_dir))
+            load_manifest(self.ref(project_dir), commit=worktree_commit(project_dir), dbt_vars=today)
         except DbtProjectError as exc:
             # parse_project's hint names the candidate folder, which is deleted when it is rejected.
             stale = "--project-dir" in (exc.hint or "")
