@@ -53,17 +53,17 @@ def import_loader() -> None:
     """
     import dbt.contracts.graph.manifest  # noqa: F401
     import dbt.version  # noqa: F401
-    import mage_dbt.blocks  # noqa: F401
-    import mage_dbt.manifest  # noqa: F401
-    import mage_dbt.nodes  # noqa: F401
+    import mage_dbt.blocks.block  # noqa: F401
+    import mage_dbt.dbt.manifest  # noqa: F401
+    import mage_dbt.dbt.nodes  # noqa: F401
 
 
 def load_blocks(project_dir: Path, profiles_dir: Path, target: str, *, source: str = "cache",
                 with_dbt_manifest: bool = False) -> dict:
     """Load the project's manifest into mage_dbt blocks; `source` is "manifest.json" or "cache"."""
-    from mage_dbt.blocks import DbtBlockTranslator
-    from mage_dbt.manifest import DbtProjectRef, load_manifest, load_manifest_json
-    from mage_dbt.nodes import block_nodes
+    from mage_dbt.blocks.block import DbtBlockTranslator
+    from mage_dbt.dbt.manifest import DbtProjectRef, load_manifest, load_manifest_json
+    from mage_dbt.dbt.nodes import block_nodes
 
     if source == "manifest.json":
         nodes = load_manifest_json(project_dir / "target" / "manifest.json")

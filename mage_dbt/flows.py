@@ -18,13 +18,13 @@ from prefect.context import FlowRunContext
 from prefect.states import Completed, Failed
 
 from mage_dbt.context import make_context
-from mage_dbt.heartbeats import flow_run_heartbeats
-from mage_dbt.pipeline import for_dbt_vars, load_pipeline
-from mage_dbt.pipeline_spec import load_pipeline_spec
-from mage_dbt.retry import retry_outputs
-from mage_dbt.runner import PipelineRunner, RunSummary
+from mage_dbt.runs.heartbeats import flow_run_heartbeats
+from mage_dbt.pipelines.pipeline import for_dbt_vars, load_pipeline
+from mage_dbt.pipelines.spec import load_pipeline_spec
+from mage_dbt.runs.retry import retry_outputs
+from mage_dbt.runs.runner import PipelineRunner, RunSummary
 from mage_dbt.settings import load_settings
-from mage_dbt.task_runs import TaskRunReporter
+from mage_dbt.runs.task_runs import TaskRunReporter
 
 FLOW_NAME = "mage-dbt-pipeline"
 
@@ -105,7 +105,7 @@ def pipeline_flow(
             resolved.name, context.date_vars()["execution_date"], len(resolved.blocks), len(resolved.units),
             ", full refresh" if full_refresh else "",
         )
-        from mage_dbt.drift import plan_run_refresh
+        from mage_dbt.refresh.drift import plan_run_refresh
         from mage_dbt.errors import MageDbtError
 
         try:

@@ -3,7 +3,7 @@ and which revision of a git-synced dbt project a pipeline run uses.
 
 The sync engine (`mage_dbt.git_sync`) knows git; this module gives it the dbt side:
 
-- `DbtProjectHooks.validate` parses the candidate revision in-process (`mage_dbt.manifest`), keyed by
+- `DbtProjectHooks.validate` parses the candidate revision in-process (`mage_dbt.dbt.manifest`), keyed by
   its commit, so the parse that accepts a revision is the one the next run reuses from the cache;
   `install_deps` runs `dbt deps` (through `invoke_dbt`), which the engine calls only when
   `packages.yml` / `package-lock.yml` / `dependencies.yml` changed.
@@ -29,7 +29,7 @@ from prefect import flow, get_run_logger
 from prefect.states import Failed
 
 from mage_dbt.errors import ConfigError, DbtProjectError, FileSystemError, GitSyncError, MageDbtError
-from mage_dbt.manifest import DbtProjectRef
+from mage_dbt.dbt.manifest import DbtProjectRef
 from mage_dbt.settings import ProjectSettings, load_settings
 
 SYNC_FLOW_NAME = "mage-dbt-sync"
@@ -61,7 +61,7 @@ class DbtProjectHooks:
         It parses with a run's date vars (today's day interval) so that, when the project does not
         use the run dates at parse time, the traced manifest it caches serves every dated run."""
         from mage_dbt.dates import dbt_vars, interval_for
-        from mage_dbt.manifest import load_manifest
+        from mage_dbt.dbt.manifest import load_manifest
 
         today = dbt_vars(interval_for(datetime.now(timezone.utc)))
         try:
@@ -73,7 +73,7 @@ class DbtProjectHooks:
 
     def install_deps(self, project_dir: Path) -> None:
         """`dbt deps` in the candidate revision (the engine calls it only when package files changed)."""
-        from mage_dbt.dbt_invocation import error_text, invoke_dbt
+        from mage_dbt.dbt.invocation import error_text, invoke_dbt
 
         ref = self.ref(project_dir)
         result = invoke_dbt(
@@ -230,7 +230,7 @@ def prepare_run_project(settings: ProjectSettings, pipeline: str, *, ref: str | 
     revision in place and the run uses it, with a warning and the `dbt-sync-failed` tag; local
     edits, configuration errors and the very first sync failing stop the run.
     """
-    from mage_dbt.pipeline_spec import load_pipeline_spec
+    from mage_dbt.pipelines.spec import load_pipeline_spec
 
     spec = load_pipeline_spec(settings.flows_dir, pipeline)
     if not ref and not spec.sync_on_run:

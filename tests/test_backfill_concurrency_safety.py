@@ -52,9 +52,9 @@ def test_what_concurrent_intervals_may_run():
     from types import SimpleNamespace
 
     from mage_dbt.backfill.safety import not_concurrent
-    from mage_dbt.blocks import Block
-    from mage_dbt.nodes import DbtNode
-    from mage_dbt.pipeline_spec import BlockSpec
+    from mage_dbt.blocks.block import Block
+    from mage_dbt.dbt.nodes import DbtNode
+    from mage_dbt.pipelines.spec import BlockSpec
 
     def node(name, resource_type="model", materialized=None, strategy=None):
         return DbtNode(unique_id=f"{resource_type}.p.{name}", name=name, resource_type=resource_type,

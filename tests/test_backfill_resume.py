@@ -86,7 +86,7 @@ def test_backfill_resumes_only_unfinished_intervals(demo_project):
     assert all(len(states) == 1 for name, states in runs_by_name(backfill_id).items() if name != "daily-2024-01-03")
 
     # every process parsed the dbt project at most twice: CHECK_MODEL compares execution_date with
-    # the broken day at parse time, so dbt's parse differs on that day (mage_dbt.parse_vars traces it)
+    # the broken day at parse time, so dbt's parse differs on that day (mage_dbt.dbt.parse_vars traces it)
     # and the manifest cache keeps one parse per outcome, never one per date
     assert max(parses_per_process(invocations(project)).values(), default=0) <= 2
     assert sum(parses_per_process(invocations(project)).values()) < 2 * len(DAYS)

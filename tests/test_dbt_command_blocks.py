@@ -126,8 +126,8 @@ def test_bad_command_fails_before_the_run_with_exit_2(demo_project, command, fla
 
 
 def _check(project, command, **spec_keys):
-    from mage_dbt.dbt_command import check_dbt_command_blocks
-    from mage_dbt.pipeline_spec import PipelineSpec
+    from mage_dbt.blocks.dbt_command import check_dbt_command_blocks
+    from mage_dbt.pipelines.spec import PipelineSpec
     from mage_dbt.settings import load_settings
 
     spec = PipelineSpec.model_validate({"name": "t", **spec_keys, "blocks": [
@@ -181,8 +181,8 @@ def test_run_target_owns_target_but_a_block_may_pick_one_when_the_run_sets_none(
 
 def test_dbt_args_put_the_run_first_and_merge_vars(demo_project):
     from mage_dbt.context import make_context
-    from mage_dbt.dbt_command import dbt_args, parse_command
-    from mage_dbt.manifest import DbtProjectRef
+    from mage_dbt.blocks.dbt_command import dbt_args, parse_command
+    from mage_dbt.dbt.manifest import DbtProjectRef
 
     ref = DbtProjectRef(name="demo", project_dir=demo_project, profiles_dir=demo_project,
                         data_dir=demo_project / ".mage_dbt", target="duckdb")

@@ -216,7 +216,7 @@ def test_server_command_keeps_prefect_state_in_postgres(demo_project, tmp_path):
 
 
 def test_server_command_defaults_to_sqlite_and_points_the_ui_at_its_api(monkeypatch):
-    from mage_dbt.serve import describe_database, mask_password, server_command
+    from mage_dbt.deploy.serve import describe_database, mask_password, server_command
 
     monkeypatch.delenv("PREFECT_UI_API_URL", raising=False)
     argv, env = server_command("0.0.0.0", 4299)

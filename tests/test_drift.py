@@ -134,7 +134,7 @@ def test_status_names_removed_and_type_changed_columns(backend_name, demo_projec
 
 
 def test_type_normalization_matches_both_spellings():
-    from mage_dbt.drift import compare_columns, normalize_type
+    from mage_dbt.refresh.drift import compare_columns, normalize_type
 
     same = [("character varying(20)", "VARCHAR"), ("text", "varchar"), ("int4", "INTEGER"), ("int8", "bigint"),
             ("DECIMAL(12,2)", "numeric(12, 2)"), ("timestamp without time zone", "TIMESTAMP"),

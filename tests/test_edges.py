@@ -9,9 +9,9 @@ import random
 import networkx as nx
 import pytest
 
-from mage_dbt.blocks import Block
+from mage_dbt.blocks.block import Block
 from mage_dbt.errors import BlockError, ConfigError
-from mage_dbt.pipeline import group_units, load_pipeline
+from mage_dbt.pipelines.pipeline import group_units, load_pipeline
 from mage_dbt.settings import load_settings
 from tests.conftest import copy_project, cli
 from tests.support.block_pipelines import one_line_error, write_pipeline

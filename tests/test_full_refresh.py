@@ -37,7 +37,7 @@ def run_pipeline_flow(project, **parameters) -> dict:
         "import json, os, sys\n"
         "from mage_dbt.errors import MageDbtError\n"
         "from mage_dbt.flows import pipeline_flow\n"
-        "from mage_dbt.prefect_setup import run_flow_quietly\n"
+        "from mage_dbt.runs.prefect_setup import run_flow_quietly\n"
         "try:\n"
         "    out = run_flow_quietly(pipeline_flow, **json.loads(sys.argv[1]))\n"
         "except MageDbtError as exc:\n"

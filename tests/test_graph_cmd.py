@@ -16,7 +16,7 @@ SVG = "{http://www.w3.org/2000/svg}"
 @pytest.fixture
 def demo_pipeline(demo_project, monkeypatch):
     """The demo pipeline resolved in-process, as the expectation for the picture."""
-    from mage_dbt.pipeline import load_pipeline
+    from mage_dbt.pipelines.pipeline import load_pipeline
     from mage_dbt.settings import load_settings
 
     monkeypatch.setenv("MAGE_DBT_DATA_DIR", str(demo_project / ".mage_dbt"))

@@ -12,13 +12,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from mage_dbt.errors import ConfigError
-from mage_dbt.graph_render import (
-    KIND_STYLES,
-    GraphNode,
-    render_html,
-    render_svg,
-    render_to_file,
-)
+from mage_dbt.pipelines.graph import KIND_STYLES, GraphNode, render_html, render_svg, render_to_file
 
 SVG = "{http://www.w3.org/2000/svg}"
 N = GraphNode

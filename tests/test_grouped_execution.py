@@ -92,7 +92,7 @@ def test_the_manifest_cache_pickles_dbts_manifest_intact():
     """dbt 1.11's Manifest.__reduce_ex__ drops `fixtures` and shifts every lookup by one field."""
     from dbt.contracts.graph.manifest import Manifest
 
-    from mage_dbt.manifest_pickle import dumps
+    from mage_dbt.dbt.manifest_pickle import dumps
 
     manifest = Manifest()
     manifest.fixtures = {"fixture.demo.orders": "orders fixture"}
@@ -125,7 +125,7 @@ class _WatchedLock:
 def test_dbt_invocations_never_run_concurrently_in_one_process(monkeypatch):
     import dbt.cli.main
 
-    from mage_dbt import dbt_invocation
+    from mage_dbt.dbt import invocation as dbt_invocation
 
     lock = _WatchedLock()
     monkeypatch.setattr(dbt_invocation, "_DBT_LOCK", lock)

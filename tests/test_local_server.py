@@ -1,4 +1,4 @@
-"""The local Prefect server of the embedded default (mage_dbt.local_server), with real processes.
+"""The local Prefect server of the embedded default (mage_dbt.deploy.local_server), with real processes.
 
 Every test gets a fresh PREFECT_HOME and no PREFECT_API_URL / PREFECT_UI_API_URL (the suite's
 shared server is set there by conftest), so the CLI starts, reuses and stops its own server; the
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from mage_dbt import local_server
+from mage_dbt.deploy import local_server
 from tests.conftest import cli
 
 SERVER_ENV = ("PREFECT_API_URL", "PREFECT_UI_API_URL", "MAGE_DBT_LOCAL_SERVER",
@@ -32,7 +32,7 @@ SERVER_ENV = ("PREFECT_API_URL", "PREFECT_UI_API_URL", "MAGE_DBT_LOCAL_SERVER",
 CLIENT = """
 import json, sys
 from dataclasses import asdict
-from mage_dbt.local_server import configured_api_url, ensure_local_server
+from mage_dbt.deploy.local_server import configured_api_url, ensure_local_server
 configured_api_url()  # imports Prefect's settings before the barrier
 print("ready", flush=True)
 sys.stdin.readline()

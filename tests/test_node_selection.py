@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from mage_dbt.node_selection import compact_selectors, shortest_prefixes
+from mage_dbt.dbt.selection import compact_selectors, shortest_prefixes
 
 
 def _manifest(*fqns: str, versioned: tuple[str, ...] = ()):
@@ -53,7 +53,7 @@ def test_unknown_or_empty_node_lists_are_left_to_the_caller():
 
 @pytest.fixture(scope="module")
 def demo_loaded(demo_template):
-    from mage_dbt.manifest import DbtProjectRef, load_manifest
+    from mage_dbt.dbt.manifest import DbtProjectRef, load_manifest
 
     ref = DbtProjectRef(name="demo", project_dir=demo_template / "dbt_projects" / "demo",
                         profiles_dir=demo_template, data_dir=demo_template / ".mage_dbt", target="duckdb")
@@ -61,7 +61,7 @@ def demo_loaded(demo_template):
 
 
 def _dbt_ls(loaded, selectors: list[str]) -> set[str]:
-    from mage_dbt.dbt_invocation import invoke_dbt
+    from mage_dbt.dbt.invocation import invoke_dbt
 
     raw = invoke_dbt(
         ["ls", *loaded.ref.base_args(), "--select", *selectors, "--indirect-selection", "empty",

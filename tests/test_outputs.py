@@ -17,7 +17,7 @@ import pyarrow as pa
 import pytest
 
 from mage_dbt.errors import MageDbtError
-from mage_dbt.outputs import OutputNotFound, OutputStore, find_output, list_runs, prune_runs
+from mage_dbt.blocks.outputs import OutputNotFound, OutputStore, find_output, list_runs, prune_runs
 from tests.conftest import cli
 from tests.support.block_pipelines import statuses, summary, write_pipeline
 
@@ -109,9 +109,9 @@ CHAIN = {
 RETRY_SCRIPT = """
 import json, sys
 from mage_dbt.context import make_context
-from mage_dbt.outputs import OutputStore
-from mage_dbt.pipeline import load_pipeline, restrict
-from mage_dbt.runner import PipelineRunner
+from mage_dbt.blocks.outputs import OutputStore
+from mage_dbt.pipelines.pipeline import load_pipeline, restrict
+from mage_dbt.runs.runner import PipelineRunner
 from mage_dbt.settings import load_settings
 
 settings = load_settings()

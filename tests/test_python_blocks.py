@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from mage_dbt.errors import BlockError
-from mage_dbt.python_blocks import CONTEXT_KWARGS, analyse_python_file, check_call, keyword_names
+from mage_dbt.blocks.python import CONTEXT_KWARGS, analyse_python_file, check_call, keyword_names
 from tests.conftest import cli
 from tests.support.block_pipelines import (
     duckdb_query, one_line_error, states, statuses, summary, task_run_logs, write_pipeline,
@@ -101,7 +101,7 @@ def test_blocks_get_upstream_outputs_in_declared_order_and_the_run_context(demo_
     run_id, data = summary(demo_project, result.stdout)
     assert statuses(data) == dict.fromkeys(["numbers", "words", "combine", "ready", "store"], "success")
 
-    from mage_dbt.outputs import OutputStore
+    from mage_dbt.blocks.outputs import OutputStore
 
     store = OutputStore(demo_project / ".mage_dbt", "py", run_id)
     assert store.blocks() == ["combine", "numbers", "ready", "store", "words"]
@@ -172,7 +172,7 @@ def test_a_failing_test_fails_the_block_and_skips_its_downstream(demo_project):
     assert got["load"][0] == "FAILED" and got["after"] == ("CANCELLED", "Skipped")
     assert got["other"] == ("COMPLETED", "Completed")
 
-    from mage_dbt.outputs import OutputStore
+    from mage_dbt.blocks.outputs import OutputStore
 
     assert OutputStore(demo_project / ".mage_dbt", "pyfail", run_id).blocks() == ["other"]
 

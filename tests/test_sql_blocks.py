@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-from mage_dbt.block_support import Relations
+from mage_dbt.blocks.support import Relations
 from mage_dbt.errors import BlockError
-from mage_dbt.nodes import DbtNode
-from mage_dbt.pipeline_spec import BlockSpec
-from mage_dbt.sql_blocks import TargetInfo, compile_sql, materialize_statements
+from mage_dbt.dbt.nodes import DbtNode
+from mage_dbt.pipelines.spec import BlockSpec
+from mage_dbt.blocks.sql import TargetInfo, compile_sql, materialize_statements
 from tests.conftest import cli
 from tests.support import postgres
 from tests.support.block_pipelines import duckdb_query, one_line_error, statuses, summary, write_pipeline
@@ -173,7 +173,7 @@ def test_sql_blocks_return_frames_and_materialize_tables_and_views(demo_project,
     assert set(statuses(data).values()) == {"success"}
     assert data["results"]["totals"]["rows"] == 2 and data["results"]["big_orders"]["rows"] == 2
 
-    from mage_dbt.outputs import OutputStore
+    from mage_dbt.blocks.outputs import OutputStore
 
     outputs = OutputStore(demo_project / ".mage_dbt", "sq", run_id)
     assert outputs["totals"].to_dict("list") == {"status": ["new", "paid"], "orders": [2, 1], "amount": [12.5, 10.0]}

@@ -15,8 +15,8 @@ from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
 
-from mage_dbt.heartbeats import engine_heartbeats_off, flow_run_heartbeats
-from mage_dbt.task_runs import TaskRunReporter
+from mage_dbt.runs.heartbeats import engine_heartbeats_off, flow_run_heartbeats
+from mage_dbt.runs.task_runs import TaskRunReporter
 from tests.support.deployments import wait_until
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import networkx as nx
 
-from mage_dbt.blocks import Block
-from mage_dbt.pipeline import group_units
+from mage_dbt.blocks.block import Block
+from mage_dbt.pipelines.pipeline import group_units
 
 
 def _blocks(edges, kinds):

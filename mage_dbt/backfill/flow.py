@@ -45,8 +45,8 @@ from mage_dbt.backfill.progress import current_sink
 from mage_dbt.backfill.state import COMPLETED, count_statuses, interval_statuses, mark_crashed
 from mage_dbt.dates import Interval
 from mage_dbt.errors import BackfillError
-from mage_dbt.heartbeats import engine_heartbeats_off
-from mage_dbt.pipeline import load_pipeline
+from mage_dbt.runs.heartbeats import engine_heartbeats_off
+from mage_dbt.pipelines.pipeline import load_pipeline
 from mage_dbt.settings import ProjectSettings, load_settings
 
 BACKFILL_FLOW_NAME = "mage-dbt-backfill"
@@ -110,7 +110,7 @@ def backfill_flow(
 def first_interval_vars(settings: ProjectSettings, plan: BackfillPlan) -> dict[str, Any] | None:
     """The dbt vars of the plan's first interval: the manifest its intervals are parsed for."""
     from mage_dbt.context import run_dbt_vars
-    from mage_dbt.pipeline_spec import load_pipeline_spec
+    from mage_dbt.pipelines.spec import load_pipeline_spec
 
     if not plan.intervals:
         return None

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 from mage_dbt.backfill.safety import check_concurrent_intervals
 from mage_dbt.dates import Interval, _count, get_timezone, interval_for, intervals_between, parse_execution_date
 from mage_dbt.errors import BackfillError
-from mage_dbt.pipeline import Pipeline, load_pipeline, pipeline_file
+from mage_dbt.pipelines.pipeline import Pipeline, load_pipeline, pipeline_file
 from mage_dbt.settings import ProjectSettings
 
 MAX_INTERVALS_ENV = "MAGE_DBT_BACKFILL_MAX_INTERVALS"
@@ -271,11 +271,11 @@ def check_request(
     if concurrency < 1:
         raise BackfillError(f"--concurrency {concurrency} must be at least 1")
     from mage_dbt.context import run_dbt_vars
-    from mage_dbt.pipeline_spec import load_pipeline_spec
+    from mage_dbt.pipelines.spec import load_pipeline_spec
 
     spec = load_pipeline_spec(settings.flows_dir, pipeline)
     window = interval_window(start, end, interval or spec.interval, spec.timezone)
-    # parsed with the first interval's dates: the manifest the intervals reuse (mage_dbt.parse_vars)
+    # parsed with the first interval's dates: the manifest the intervals reuse (mage_dbt.dbt.parse_vars)
     resolved = load_pipeline(settings, pipeline, target=target, select=list(select) if select else None,
                              dbt_vars=run_dbt_vars(spec, window.first.start))
     check_concurrency(resolved, concurrency)
@@ -341,7 +341,7 @@ def check_concurrency(pipeline: Pipeline, concurrency: int) -> None:
 def check_unchanged(settings: ProjectSettings, plan: BackfillPlan, *, force: bool = False) -> BackfillPlan:
     """Refuse to resume when the pipeline definition changed, unless `force`; returns the plan to run."""
     from mage_dbt.context import run_dbt_vars
-    from mage_dbt.pipeline_spec import load_pipeline_spec
+    from mage_dbt.pipelines.spec import load_pipeline_spec
 
     first = run_dbt_vars(load_pipeline_spec(settings.flows_dir, plan.pipeline), plan.intervals[0].start) \
         if plan.intervals else None

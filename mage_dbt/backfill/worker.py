@@ -24,7 +24,7 @@ def run_job(config: dict[str, Any], job: dict[str, Any], emit) -> dict[str, Any]
     from prefect.flow_engine import run_flow
     from prefect.states import Pending
 
-    from mage_dbt.heartbeats import engine_heartbeats_off
+    from mage_dbt.runs.heartbeats import engine_heartbeats_off
     from mage_dbt.dates import parse_execution_date
     from mage_dbt.flows import pipeline_flow
 
@@ -61,15 +61,15 @@ def main(argv: list[str]) -> int:
         protocol.write(json.dumps(event) + "\n")
         protocol.flush()
 
-    from mage_dbt.pipeline import load_pipeline
-    from mage_dbt.prefect_setup import quiet_prefect_console
+    from mage_dbt.pipelines.pipeline import load_pipeline
+    from mage_dbt.runs.prefect_setup import quiet_prefect_console
     from mage_dbt.settings import load_settings
 
     quiet_prefect_console()
     settings = load_settings(Path(config["project_dir"]))
     settings.export_environment()
     from mage_dbt.context import run_dbt_vars
-    from mage_dbt.pipeline_spec import load_pipeline_spec
+    from mage_dbt.pipelines.spec import load_pipeline_spec
 
     first = config.get("first_execution_date")
     spec = load_pipeline_spec(settings.flows_dir, config["pipeline"])

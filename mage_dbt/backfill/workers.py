@@ -146,7 +146,7 @@ class WorkerPool:
             "select": list(self.plan.select) if self.plan.select else None,
             "target": self.plan.target,
             "tag": self.plan.tag,
-            # the manifest the intervals need: parsed with the first one's dates (mage_dbt.parse_vars)
+            # the manifest the intervals need: parsed with the first one's dates (mage_dbt.dbt.parse_vars)
             "first_execution_date": self.plan.intervals[0].start.isoformat() if self.plan.intervals else None,
         }
         env = {**os.environ, "PREFECT_API_URL": _api_url(), "PYTHONUNBUFFERED": "1"}

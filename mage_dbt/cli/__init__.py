@@ -58,7 +58,7 @@ def run_cli(argv: list[str] | None = None) -> int:
     """Run the CLI with `argv` (default: sys.argv[1:]) and return its exit code; never exits.
 
     Any exception that is not a user's mistake propagates with its traceback."""
-    from mage_dbt.prefect_setup import quiet_prefect_console
+    from mage_dbt.runs.prefect_setup import quiet_prefect_console
 
     quiet_prefect_console()
     try:

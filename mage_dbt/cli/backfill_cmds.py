@@ -37,7 +37,7 @@ from mage_dbt.cli.console import console
 from mage_dbt.cli.options import ProjectDir, Target, settings_for
 from mage_dbt.dates import Interval
 from mage_dbt.errors import BackfillError
-from mage_dbt.outputs import check_data_dir
+from mage_dbt.blocks.outputs import check_data_dir
 from mage_dbt.settings import PROJECT_DIR_ENV, ProjectSettings
 
 # A dry run lists every interval up to this many; longer ones show the first and last few.
@@ -114,7 +114,7 @@ def _prepare_resume(settings: ProjectSettings, backfill_id: str, *, concurrency:
     """Validate a resume without starting anything; returns the plan and the intervals to run."""
     from mage_dbt.backfill.lock import is_running
     from mage_dbt.backfill.state import COMPLETED, interval_statuses
-    from mage_dbt.pipeline import load_pipeline
+    from mage_dbt.pipelines.pipeline import load_pipeline
 
     plan = load_plan(settings, backfill_id)
     if is_running(record_path(settings, plan.id).with_suffix(".lock")):
@@ -135,7 +135,7 @@ def _run(settings: ProjectSettings, plan: BackfillPlan, *, resume: bool, concurr
     from mage_dbt.backfill.flow import backfill_flow
     from mage_dbt.backfill.progress import RichProgress, use_sink
     from mage_dbt.backfill.state import count_statuses, interval_statuses
-    from mage_dbt.prefect_setup import quiet_prefect_console
+    from mage_dbt.runs.prefect_setup import quiet_prefect_console
 
     quiet_prefect_console()
     os.environ[PROJECT_DIR_ENV] = str(settings.root)  # the flow finds the project from here

@@ -33,13 +33,13 @@ def deploy(
     project_dir: Optional[Path] = ProjectDir,
 ) -> int:
     """Register pipelines as Prefect deployments: schedules, parameter forms, full-refresh variants."""
-    from mage_dbt.deploy import deploy as register, plan_deployments
+    from mage_dbt.deploy.deployments import deploy as register, plan_deployments
 
     settings = settings_for(project_dir)
     if prefect_yaml is not None:
         if not work_pool:
             raise ConfigError("--prefect-yaml needs --work-pool NAME", hint="e.g. --work-pool local-process")
-        from mage_dbt.deploy_yaml import write_prefect_yaml
+        from mage_dbt.deploy.prefect_yaml import write_prefect_yaml
 
         plans = plan_deployments(settings, pipelines)
         path = write_prefect_yaml(settings, plans, prefect_yaml, work_pool=work_pool, image=image)
@@ -69,7 +69,7 @@ def serve(
     project_dir: Optional[Path] = ProjectDir,
 ) -> int:
     """Deploy pipelines and run their scheduled and UI-triggered runs from this process (Ctrl+C stops)."""
-    from mage_dbt.serve import serve_pipelines
+    from mage_dbt.deploy.serve import serve_pipelines
 
     settings = settings_for(project_dir)
     serve_pipelines(settings, pipelines, limit=limit, announce=lambda line: console.print(line))
@@ -94,7 +94,7 @@ def server(
     """Start a Prefect server with its UI (SQLite by default; PostgreSQL via PREFECT_API_DATABASE_CONNECTION_URL)."""
     if ctx.invoked_subcommand is not None:
         return
-    from mage_dbt.serve import describe_database, server_command
+    from mage_dbt.deploy.serve import describe_database, server_command
 
     argv, env = server_command(host, port)
     url = env["PREFECT_UI_API_URL"]
@@ -108,8 +108,8 @@ def server(
 @server_app.command("status")
 def server_status() -> int:
     """Show the local Prefect server: address, pids, log file, idle timeout (it starts nothing)."""
-    from mage_dbt import local_server
-    from mage_dbt.serve import describe_database
+    from mage_dbt.deploy import local_server
+    from mage_dbt.deploy.serve import describe_database
 
     def say(line: str) -> None:
         console.print(line, soft_wrap=True)  # addresses and paths stay whole, to copy them
@@ -140,7 +140,7 @@ def server_status() -> int:
 @server_app.command("stop")
 def server_stop() -> int:
     """Stop the local Prefect server now (the next run starts it again)."""
-    from mage_dbt import local_server
+    from mage_dbt.deploy import local_server
 
     record = local_server.stop()
     if record is None:
@@ -158,8 +158,8 @@ def graph(
     project_dir: Optional[Path] = ProjectDir,
 ) -> int:
     """Draw PIPELINE's blocks and dependencies, kinds coloured and dbt groups outlined."""
-    from mage_dbt.graph_render import render_to_file
-    from mage_dbt.pipeline import load_pipeline
+    from mage_dbt.pipelines.graph import render_to_file
+    from mage_dbt.pipelines.pipeline import load_pipeline
 
     settings = settings_for(project_dir)
     if output.suffix.lower() not in (".svg", ".html", ".htm"):
@@ -174,7 +174,7 @@ def graph(
 
 def graph_nodes(pipeline) -> list:
     """One `GraphNode` per block; dbt blocks are grouped by the unit (one dbt invocation) they run in."""
-    from mage_dbt.graph_render import GraphNode
+    from mage_dbt.pipelines.graph import GraphNode
 
     return [
         GraphNode(

@@ -16,7 +16,7 @@ ProjectDir = typer.Option(
 Target = typer.Option(None, "--target", "-t", help="dbt target from profiles.yml (default: the profile's).")
 
 # The verbs that record or read flow runs in Prefect. Without PREFECT_API_URL they share the local
-# Prefect server (mage_dbt.local_server) instead of starting a temporary one each; the others
+# Prefect server (mage_dbt.deploy.local_server) instead of starting a temporary one each; the others
 # (pipelines, blocks, graph, status, output, sync, init, ...) never start a server.
 PREFECT_VERBS = frozenset({"run", "retry", "backfill", "backfills", "full-refresh", "rebuild"})
 
@@ -26,7 +26,7 @@ def settings_for(project_dir: Optional[Path]) -> ProjectSettings:
     settings = load_settings(project_dir)
     settings.export_environment()
     if _current_verb() in PREFECT_VERBS:
-        from mage_dbt.local_server import ensure_local_server
+        from mage_dbt.deploy.local_server import ensure_local_server
 
         ensure_local_server(announce=lambda line: err_console.print(line, soft_wrap=True))
     return settings

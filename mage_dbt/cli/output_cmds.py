@@ -1,4 +1,4 @@
-"""`mage-dbt output PIPELINE BLOCK [--run ID]`: preview a stored block output (mage_dbt.outputs).
+"""`mage-dbt output PIPELINE BLOCK [--run ID]`: preview a stored block output (mage_dbt.blocks.outputs).
 
 Tabular outputs show the run, the schema, the row count and the first rows; other outputs show
 their JSON. Without `--run`, the newest run that stored an output of the block is used.
@@ -16,7 +16,7 @@ from rich.table import Table
 from mage_dbt.cli import app
 from mage_dbt.cli.console import console
 from mage_dbt.cli.options import ProjectDir, settings_for
-from mage_dbt.outputs import find_output, read_output
+from mage_dbt.blocks.outputs import find_output, read_output
 
 
 @app.command()

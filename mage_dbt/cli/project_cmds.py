@@ -11,8 +11,8 @@ from rich.table import Table
 from mage_dbt.cli import app
 from mage_dbt.cli.console import console
 from mage_dbt.cli.options import ProjectDir, Target, settings_for
-from mage_dbt.pipeline import load_pipeline
-from mage_dbt.pipeline_spec import list_pipelines
+from mage_dbt.pipelines.pipeline import load_pipeline
+from mage_dbt.pipelines.spec import list_pipelines
 
 
 @app.command()
@@ -21,7 +21,7 @@ def init(
     dbt_project: str = typer.Option("analytics", "--dbt-project", help="Name of the starter dbt project."),
 ) -> None:
     """Scaffold a mage_dbt project: mage_dbt.yaml, profiles.yml, flows/, dbt_projects/, git_sync/."""
-    from mage_dbt.scaffold import scaffold
+    from mage_dbt.cli.scaffold import scaffold
 
     created = scaffold(directory, dbt_project)
     console.print(f"created {len(created)} files in {directory}")
@@ -43,7 +43,7 @@ def blocks(
     project_dir: Optional[Path] = ProjectDir,
 ) -> None:
     """List the blocks of PIPELINE with their kind, dbt group and upstream blocks."""
-    from mage_dbt.blocks import compiled_into
+    from mage_dbt.blocks.block import compiled_into
 
     settings = settings_for(project_dir)
     resolved = load_pipeline(settings, pipeline, target=target)

@@ -16,7 +16,7 @@ from mage_dbt.cli import app
 from mage_dbt.cli.console import console
 from mage_dbt.cli.options import ProjectDir, Target, parse_vars, settings_for
 from mage_dbt.dates import parse_execution_date
-from mage_dbt.outputs import check_data_dir
+from mage_dbt.blocks.outputs import check_data_dir
 
 STATE_STYLE = {"up to date": "green", "drifted": "bold red", "not built": "yellow", "unknown": "magenta",
                "COMPLETED": "green", "FAILED": "bold red"}
@@ -37,8 +37,8 @@ def full_refresh(
 ) -> int:
     """Rebuild ONLY the selected incremental models from scratch (dbt --full-refresh), as a Prefect flow run."""
     from mage_dbt.cli.run_cmds import print_summary
-    from mage_dbt.full_refresh import describe_plan, plan_full_refresh, resolve_refresh_target
-    from mage_dbt.prefect_setup import run_flow_quietly
+    from mage_dbt.refresh.full_refresh import describe_plan, plan_full_refresh, resolve_refresh_target
+    from mage_dbt.runs.prefect_setup import run_flow_quietly
 
     settings = settings_for(project_dir)
     check_data_dir(settings.data_dir)
@@ -55,7 +55,7 @@ def full_refresh(
             full_refresh_select=list(plan.refresh), target=target, vars=variables,
         )
     else:
-        from mage_dbt.rebuild import dbt_project_refresh_flow
+        from mage_dbt.refresh.rebuild import dbt_project_refresh_flow
 
         summary = run_flow_quietly(
             dbt_project_refresh_flow, dbt_project=name, select=list(select), downstream=downstream,
@@ -76,10 +76,10 @@ def status(
     from datetime import datetime, timezone
 
     from mage_dbt.context import make_context
-    from mage_dbt.drift import detect_drift
-    from mage_dbt.pipeline import load_pipeline
+    from mage_dbt.refresh.drift import detect_drift
+    from mage_dbt.pipelines.pipeline import load_pipeline
 
-    from mage_dbt.pipeline_spec import load_pipeline_spec
+    from mage_dbt.pipelines.spec import load_pipeline_spec
 
     settings = settings_for(project_dir)
     spec = load_pipeline_spec(settings.flows_dir, pipeline)
@@ -100,7 +100,7 @@ def status(
     console.print(table)
     drifted = [s.block for s in states if s.status == "drifted"]
     if drifted:
-        from mage_dbt.drift import fix_command
+        from mage_dbt.refresh.drift import fix_command
 
         console.print(f"rebuild: {fix_command(resolved, drifted)}")
     return 0
@@ -117,10 +117,10 @@ def rebuild(
     project_dir: Optional[Path] = ProjectDir,
 ) -> int:
     """Full-refresh the selected incremental models for --start, then run them for each date to --end."""
-    from mage_dbt.full_refresh import plan_full_refresh
-    from mage_dbt.pipeline import load_pipeline
-    from mage_dbt.prefect_setup import run_flow_quietly
-    from mage_dbt.rebuild import rebuild_dates, rebuild_flow
+    from mage_dbt.refresh.full_refresh import plan_full_refresh
+    from mage_dbt.pipelines.pipeline import load_pipeline
+    from mage_dbt.runs.prefect_setup import run_flow_quietly
+    from mage_dbt.refresh.rebuild import rebuild_dates, rebuild_flow
 
     settings = settings_for(project_dir)
     check_data_dir(settings.data_dir)

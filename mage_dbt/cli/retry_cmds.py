@@ -10,7 +10,7 @@ import typer
 from mage_dbt.cli import app
 from mage_dbt.cli.console import console
 from mage_dbt.cli.options import ProjectDir, settings_for
-from mage_dbt.outputs import check_data_dir
+from mage_dbt.blocks.outputs import check_data_dir
 
 
 @app.command()
@@ -26,8 +26,8 @@ def retry(
     retry-of:<id>; blocks that succeeded in the original run are not re-run.
     """
     from mage_dbt.cli.run_cmds import print_summary
-    from mage_dbt.pipeline_spec import load_pipeline_spec
-    from mage_dbt.retry import find_run, plan_retry, run_retry
+    from mage_dbt.pipelines.spec import load_pipeline_spec
+    from mage_dbt.runs.retry import find_run, plan_retry, run_retry
 
     settings = settings_for(project_dir)
     check_data_dir(settings.data_dir)

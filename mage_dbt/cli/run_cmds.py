@@ -12,9 +12,9 @@ from mage_dbt.cli import app
 from mage_dbt.cli.console import console
 from mage_dbt.cli.options import ProjectDir, Target, parse_vars, settings_for
 from mage_dbt.dates import parse_execution_date
-from mage_dbt.outputs import check_data_dir
-from mage_dbt.pipeline import load_pipeline
-from mage_dbt.pipeline_spec import load_pipeline_spec
+from mage_dbt.blocks.outputs import check_data_dir
+from mage_dbt.pipelines.pipeline import load_pipeline
+from mage_dbt.pipelines.spec import load_pipeline_spec
 
 STATUS_STYLE = {"success": "green", "failed": "bold red", "skipped": "yellow"}
 
@@ -46,7 +46,7 @@ def run(
 
     load_pipeline(settings, pipeline, target=target, select=select, dbt_ref=project.dbt_ref,
                   dbt_vars=run_dbt_vars(spec, when, parse_vars(var)))
-    from mage_dbt.prefect_setup import run_flow_quietly
+    from mage_dbt.runs.prefect_setup import run_flow_quietly
     from mage_dbt.flows import pipeline_flow
 
     summary = run_flow_quietly(

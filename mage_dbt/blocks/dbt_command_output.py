@@ -43,7 +43,7 @@ class OutputEvents:
 
 def summarize(command: str, args: list[str], raw: Any, events: OutputEvents) -> dict[str, Any]:
     """The block's output for one dbt invocation."""
-    from mage_dbt.dbt_invocation import error_text
+    from mage_dbt.dbt.invocation import error_text
 
     out: dict[str, Any] = {"command": command, "args": list(args), "success": bool(raw.success)}
     problem = error_text(raw)

@@ -18,7 +18,7 @@ command, unknown flag, bad value → a one-line error naming the block), and aga
 run context when the block runs. Flags mage_dbt owns are refused with the reason. `--vars` is
 merged over the run's vars; the run's date vars cannot be overridden. Every command but `retry`
 reuses the cached, parsed manifest. The block's output (a dict: counts by status, the node list,
-the previewed rows of `show`, the messages of `run-operation`: `mage_dbt.dbt_command_output`) is
+the previewed rows of `show`, the messages of `run-operation`: `mage_dbt.blocks.dbt_command_output`) is
 logged to the block's Prefect task run; a command dbt reports as failed fails the block.
 """
 
@@ -225,7 +225,7 @@ def check_dbt_command_blocks(settings: Any, spec: Any, *, target: str | None) ->
 
 def check_block_spec(settings: Any, spec: Any, block_spec: Any, *, target: str | None) -> DbtCommand:
     from mage_dbt.context import make_context
-    from mage_dbt.manifest import check_profile
+    from mage_dbt.dbt.manifest import check_profile
 
     name = block_spec.name
     template = _template(name, block_spec)
@@ -254,7 +254,7 @@ def _template(name: str, block_spec: Any) -> str:
 
 
 def _pipeline_file(settings: Any, spec: Any) -> str:
-    from mage_dbt.pipeline_spec import pipeline_path
+    from mage_dbt.pipelines.spec import pipeline_path
 
     try:
         path = pipeline_path(settings.flows_dir, spec.name)
@@ -265,7 +265,7 @@ def _pipeline_file(settings: Any, spec: Any) -> str:
 
 def block_ref(settings: Any, spec: Any, block_spec: Any, *, target: str | None) -> Any:
     """The dbt project (block `project:`, else the pipeline's, else the default) the block runs in."""
-    from mage_dbt.manifest import DbtProjectRef
+    from mage_dbt.dbt.manifest import DbtProjectRef
 
     project = block_spec.option("project") or (spec.dbt.project if spec.dbt else None) \
         or settings.file.default_dbt_project
@@ -286,10 +286,12 @@ def dbt_args(command: DbtCommand, ref: Any, context: Any) -> list[str]:
 
 
 def run_dbt_command_block(block: Any, env: Any) -> Any:
-    """Block runner for kind `dbt_command` (registered in mage_dbt.block_runners)."""
-    from mage_dbt.block_runners import BlockOutcome
-    from mage_dbt.dbt_command_output import OutputEvents, failed_nodes, failure_text, headline, report, summarize
-    from mage_dbt.dbt_invocation import invoke_dbt
+    """Block runner for kind `dbt_command` (registered in mage_dbt.blocks.runners)."""
+    from mage_dbt.blocks.runners import BlockOutcome
+    from mage_dbt.blocks.dbt_command_output import (
+        OutputEvents, failed_nodes, failure_text, headline, report, summarize,
+    )
+    from mage_dbt.dbt.invocation import invoke_dbt
 
     context = env.context
     text = render_command(block.name, _template(block.name, block.spec), context.template_values())
@@ -308,7 +310,7 @@ def run_dbt_command_block(block: Any, env: Any) -> Any:
 
 
 def _manifest_for(pipeline: Any, ref: Any) -> Any:
-    from mage_dbt.manifest import load_manifest
+    from mage_dbt.dbt.manifest import load_manifest
 
     if pipeline.manifest is not None and pipeline.dbt_ref == ref:
         return pipeline.manifest

@@ -22,11 +22,11 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
-from mage_dbt.block_support import RELATION_TYPES, Relations
+from mage_dbt.blocks.support import RELATION_TYPES, Relations
 from mage_dbt.errors import BlockError
 
 TableKey = tuple[str, str]
-# Block options each kind reads (mage_dbt.python_blocks, mage_dbt.sql_blocks). Other keys may
+# Block options each kind reads (mage_dbt.blocks.python, mage_dbt.blocks.sql). Other keys may
 # belong to other features; only near-misses of these are reported as typos.
 OPTIONS = {
     "python": ("writes", "poke_interval", "timeout"),
@@ -62,7 +62,7 @@ def infer_edges(settings: Any, spec: Any, blocks: dict[str, Any], loaded: Any,
 
 def analyse_blocks(settings: Any, spec: Any, blocks: dict[str, Any], loaded: Any,
                    target_name: str | None = None) -> dict[str, BlockIO]:
-    from mage_dbt.python_blocks import check_python_block
+    from mage_dbt.blocks.python import check_python_block
 
     nodes = loaded.nodes if loaded is not None else {}
     project = loaded.ref.name if loaded is not None else None
@@ -82,7 +82,7 @@ def analyse_blocks(settings: Any, spec: Any, blocks: dict[str, Any], loaded: Any
 
 
 def _sql_io(settings, spec, block, nodes, project, target) -> BlockIO:
-    from mage_dbt.sql_blocks import compile_block, preflight_values
+    from mage_dbt.blocks.sql import compile_block, preflight_values
 
     info = target.get()
     compiled = compile_block(settings, spec.name, block.spec, target=info,
@@ -102,9 +102,9 @@ class _LazyTargetInfo:
 
     def get(self) -> Any:
         if self._info is None:
-            from mage_dbt.block_support import target_for_ref
-            from mage_dbt.pipeline import dbt_project_ref
-            from mage_dbt.sql_blocks import target_info
+            from mage_dbt.blocks.support import target_for_ref
+            from mage_dbt.pipelines.pipeline import dbt_project_ref
+            from mage_dbt.blocks.sql import target_info
 
             ref = self.loaded.ref if self.loaded is not None else dbt_project_ref(self.settings, self.spec, self.target)
             target = target_for_ref(ref)

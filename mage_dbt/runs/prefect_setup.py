@@ -1,7 +1,7 @@
 """How the CLI talks to Prefect: run a flow in this process and get its summary back, quietly.
 
 Without `PREFECT_API_URL`, the CLI's Prefect verbs use the shared local server of
-`mage_dbt.local_server` (Prefect's own SQLite database under PREFECT_HOME); with
+`mage_dbt.deploy.local_server` (Prefect's own SQLite database under PREFECT_HOME); with
 MAGE_DBT_LOCAL_SERVER=0 (or outside the CLI) Prefect starts a temporary server per process, which
 gets a start-up timeout that a fresh database on a slow machine fits in. Prefect's start-up and
 shutdown chatter is not for users; we keep its console logging at warnings and show our own
@@ -38,7 +38,7 @@ def quiet_prefect_console() -> None:
 def run_flow_quietly(flow: Callable[..., Any], **parameters: Any) -> dict:
     """Run `flow` as a Prefect flow run in this process; return its summary dict with the run id."""
     from mage_dbt.errors import ConfigError
-    from mage_dbt.heartbeats import engine_heartbeats_off
+    from mage_dbt.runs.heartbeats import engine_heartbeats_off
 
     quiet_prefect_console()
     try:

@@ -1,6 +1,6 @@
 """Retry from failure: re-run only the blocks of a past run that did not succeed.
 
-A retry reads the run from Prefect (`mage_dbt.run_history`): its parameters (execution date, full
+A retry reads the run from Prefect (`mage_dbt.runs.history`): its parameters (execution date, full
 refresh, target, vars, selection) and how each block ended. The blocks of the run's selection
 whose task run did not complete (failed, or skipped because an upstream failed; for a run that
 crashed midway also the blocks it never reached) run again as a NEW flow run with the same
@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from mage_dbt.errors import ConfigError
-from mage_dbt.run_history import (
+from mage_dbt.runs.history import (
     RETRY_TAG, BlockState, PastRun, block_states, latest_unretried_failure, read_run, retry_tags,
 )
 from mage_dbt.settings import ProjectSettings
@@ -60,8 +60,8 @@ def find_run(settings: ProjectSettings, pipeline: str | None, run_id: str | None
 def plan_retry(settings: ProjectSettings, run: PastRun) -> RetryPlan:
     """Resolve the run's pipeline as it was selected and pick the blocks that did not succeed."""
     from mage_dbt.dates import parse_execution_date
-    from mage_dbt.pipeline import load_pipeline
-    from mage_dbt.pipeline_spec import load_pipeline_spec
+    from mage_dbt.pipelines.pipeline import load_pipeline
+    from mage_dbt.pipelines.spec import load_pipeline_spec
 
     params = run.parameters
     spec = load_pipeline_spec(settings.flows_dir, run.pipeline)
@@ -103,7 +103,7 @@ def retry_outputs(settings: ProjectSettings, pipeline: str, run_id: str, tags: A
     retried = [t[len(RETRY_TAG):] for t in (tags or ()) if t.startswith(RETRY_TAG)]
     if not retried:
         return {}
-    from mage_dbt.outputs import OutputStore
+    from mage_dbt.blocks.outputs import OutputStore
 
     return {"outputs": OutputStore(settings.data_dir, pipeline, run_id, fallback_run_ids=retried)}
 
@@ -113,7 +113,7 @@ def run_retry(plan: RetryPlan) -> dict:
     from prefect import tags
 
     from mage_dbt.flows import pipeline_flow
-    from mage_dbt.prefect_setup import run_flow_quietly
+    from mage_dbt.runs.prefect_setup import run_flow_quietly
 
     with tags(*plan.tags):
         return run_flow_quietly(pipeline_flow, **plan.parameters)

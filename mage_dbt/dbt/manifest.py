@@ -4,7 +4,7 @@ The cache key is the project's file contents (or, for a git-synced project, its 
 folder), the installed packages (`dbt_packages/`, local packages through their links: path, size
 and modification time of every file), the profiles file, the target, the values of the env vars
 the project reads and the dbt version; then, per such revision, one variant per *parse
-dependencies*: the vars `dbt parse` read and how (`mage_dbt.parse_vars`). A run whose vars give
+dependencies*: the vars `dbt parse` read and how (`mage_dbt.dbt.parse_vars`). A run whose vars give
 the same parse result reuses a variant; other vars parse again, once per distinct value. A hit loads a small pickled node index (fast enough for `blocks`) and, lazily, the pickled
 dbt `Manifest` object that `dbtRunner(manifest=...)` reuses so no dbt invocation parses again. A
 miss runs `dbt parse` in-process once and fills the cache atomically. A git-synced project is
@@ -25,12 +25,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mage_dbt.dbt_invocation import dbt_lock, error_text, invoke_dbt, working_directory
+from mage_dbt.dbt.invocation import dbt_lock, error_text, invoke_dbt, working_directory
 from mage_dbt.errors import DbtProjectError, SelectionError
-from mage_dbt.manifest_pickle import FORMAT as PICKLE_FORMAT
-from mage_dbt.manifest_pickle import dumps as pickle_dumps
-from mage_dbt.nodes import DbtNode, nodes_from_manifest_dict
-from mage_dbt.parse_vars import ParseDependencies, TraceEscaped, pin_traced, tracing
+from mage_dbt.dbt.manifest_pickle import FORMAT as PICKLE_FORMAT
+from mage_dbt.dbt.manifest_pickle import dumps as pickle_dumps
+from mage_dbt.dbt.nodes import DbtNode, nodes_from_manifest_dict
+from mage_dbt.dbt.parse_vars import ParseDependencies, TraceEscaped, pin_traced, tracing
 
 LOG = logging.getLogger("mage_dbt.manifest")
 CACHE_LAYOUT = "parse-deps-v1"  # part of the key: caches laid out another way are not reused

@@ -32,9 +32,9 @@ class BlockOutcome:
 
 # kind -> "module:function"; imported lazily so a pipeline only pays for the kinds it uses.
 RUNNERS: dict[str, str] = {
-    "python": "mage_dbt.python_blocks:run_python_block",
-    "sql": "mage_dbt.sql_blocks:run_sql_block",
-    "dbt_command": "mage_dbt.dbt_command:run_dbt_command_block",
+    "python": "mage_dbt.blocks.python:run_python_block",
+    "sql": "mage_dbt.blocks.sql:run_sql_block",
+    "dbt_command": "mage_dbt.blocks.dbt_command:run_dbt_command_block",
 }
 
 

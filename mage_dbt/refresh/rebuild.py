@@ -22,9 +22,9 @@ from mage_dbt.context import make_context
 from mage_dbt.dates import intervals_between
 from mage_dbt.errors import MageDbtError
 from mage_dbt.flows import pipeline_flow, run_and_report, scheduled_time
-from mage_dbt.full_refresh import plan_full_refresh, resolve_refresh_target
-from mage_dbt.heartbeats import flow_run_heartbeats
-from mage_dbt.pipeline import load_pipeline, restrict
+from mage_dbt.refresh.full_refresh import plan_full_refresh, resolve_refresh_target
+from mage_dbt.runs.heartbeats import flow_run_heartbeats
+from mage_dbt.pipelines.pipeline import load_pipeline, restrict
 from mage_dbt.settings import load_settings
 
 REBUILD_FLOW = "mage-dbt-rebuild"
@@ -142,7 +142,7 @@ def dbt_project_refresh_flow(
         vars: Extra dbt vars.
     """
     with flow_run_heartbeats():  # Prefect's own are off when run in-process (heartbeats.py)
-        from mage_dbt.drift import enforce_on_drift
+        from mage_dbt.refresh.drift import enforce_on_drift
 
         logger = get_run_logger()
         ctx = FlowRunContext.get()

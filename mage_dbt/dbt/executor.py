@@ -14,17 +14,11 @@ import json
 from typing import Protocol, Sequence
 
 from mage_dbt.context import RunContext
-from mage_dbt.dbt_invocation import (
-    InvocationOutcome,
-    NodeEvents,
-    NodeListener,
-    NodeResult,
-    error_text,
-    invoke_dbt,
-    results_from_run,
+from mage_dbt.dbt.invocation import (
+    InvocationOutcome, NodeEvents, NodeListener, NodeResult, error_text, invoke_dbt, results_from_run,
 )
-from mage_dbt.manifest import LoadedManifest
-from mage_dbt.node_selection import compact_selectors
+from mage_dbt.dbt.manifest import LoadedManifest
+from mage_dbt.dbt.selection import compact_selectors
 
 
 class DbtExecutor(Protocol):

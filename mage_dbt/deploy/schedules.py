@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from prefect.schedules import Schedule
 
-    from mage_dbt.pipeline_spec import ScheduleSpec
+    from mage_dbt.pipelines.spec import ScheduleSpec
 
 ANCHOR = datetime(2020, 1, 1)
 CRON_HINT = "five fields: minute hour day-of-month month day-of-week, e.g. '0 6 * * *' or '0 3 * * sun'"

@@ -1,7 +1,7 @@
 """Run a resolved pipeline: units in DAG order, failures skip their downstream, results summarised.
 
 A dbt group runs as one invocation through a `DbtExecutor`; Python, SQL and dbt command blocks run
-through the runner registered for their kind (`mage_dbt.block_runners`). A block whose upstream
+through the runner registered for their kind (`mage_dbt.blocks.runners`). A block whose upstream
 failed or was skipped is reported as skipped (never silently missing); independent branches still
 run. Every block gets a Prefect task run through the `TaskRunReporter` when one is given.
 
@@ -17,17 +17,17 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mage_dbt.block_runners import BlockEnv, run_block
-from mage_dbt.blocks import through_ephemeral
+from mage_dbt.blocks.runners import BlockEnv, run_block
+from mage_dbt.blocks.block import through_ephemeral
 from mage_dbt.context import RunContext
-from mage_dbt.dbt_executor import DbtExecutor, InProcessDbtExecutor
-from mage_dbt.dbt_invocation import NodeResult, count_invocations
-from mage_dbt.manifest import prune_target_folders
-from mage_dbt.full_refresh import invocation_phases, set_aside_snapshots, settle_snapshots, snapshot_ids
-from mage_dbt.outputs import OutputStore
-from mage_dbt.pipeline import Pipeline, Unit
+from mage_dbt.dbt.executor import DbtExecutor, InProcessDbtExecutor
+from mage_dbt.dbt.invocation import NodeResult, count_invocations
+from mage_dbt.dbt.manifest import prune_target_folders
+from mage_dbt.refresh.full_refresh import invocation_phases, set_aside_snapshots, settle_snapshots, snapshot_ids
+from mage_dbt.blocks.outputs import OutputStore
+from mage_dbt.pipelines.pipeline import Pipeline, Unit
 from mage_dbt.settings import ProjectSettings
-from mage_dbt.task_runs import TaskRunReporter
+from mage_dbt.runs.task_runs import TaskRunReporter
 
 LOG = logging.getLogger("mage_dbt.runner")
 
@@ -147,7 +147,7 @@ class PipelineRunner:
         self.summary = RunSummary(pipeline=pipeline.name, execution_date=context.date_vars()["execution_date"])
         # Node ids rebuilt with --full-refresh (targeted full refresh); None: context.full_refresh for all.
         self.full_refresh_nodes = full_refresh_nodes
-        # Block outputs live on disk per run (mage_dbt.outputs); a retry passes a store whose
+        # Block outputs live on disk per run (mage_dbt.blocks.outputs); a retry passes a store whose
         # fallback_run_ids name the run it retries.
         self.outputs = outputs if outputs is not None else OutputStore(
             settings.data_dir, pipeline.name, context.run_id)
@@ -221,7 +221,7 @@ class PipelineRunner:
         listener = _BlockListener(self.pipeline, self.summary, self.reporter)
         if self.full_refresh_nodes is None:
             phases = [(ids, self.context.full_refresh)]
-        else:  # a targeted full refresh: --full-refresh only for the targeted nodes (mage_dbt.full_refresh)
+        else:  # a targeted full refresh: --full-refresh only for the targeted nodes (mage_dbt.refresh.full_refresh)
             phases = invocation_phases(self.pipeline.manifest, ids, self.full_refresh_nodes)
         for phase_ids, refresh in phases:
             phase_ids = self._not_blocked(phase_ids)

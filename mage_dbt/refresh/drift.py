@@ -14,7 +14,7 @@ not depend on the execution date), so a backfill compiles each model once, not o
 `enforce_on_drift` applies a pipeline's `on_drift` setting before a run: `fail` (default) stops the
 run before anything ran and names the exact `mage-dbt full-refresh` command, `full_refresh`
 rebuilds the drifted models in that run, `warn` logs and runs. `Catalog` also does the few DDL
-statements a snapshot rebuild needs (see `mage_dbt.full_refresh`).
+statements a snapshot rebuild needs (see `mage_dbt.refresh.full_refresh`).
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from typing import Any, Iterator, Sequence
 
 from mage_dbt.context import RunContext
 from mage_dbt.errors import ConfigError, MageDbtError
-from mage_dbt.full_refresh import incremental_models
-from mage_dbt.manifest import DbtProjectRef, LoadedManifest
-from mage_dbt.pipeline import Pipeline
+from mage_dbt.refresh.full_refresh import incremental_models
+from mage_dbt.dbt.manifest import DbtProjectRef, LoadedManifest
+from mage_dbt.pipelines.pipeline import Pipeline
 
 UP_TO_DATE, DRIFTED, NOT_BUILT, UNKNOWN = "up to date", "drifted", "not built", "unknown"
 SUPPORTED = ("duckdb", "postgres")
@@ -233,8 +233,8 @@ def compile_models(
     loaded: LoadedManifest, unique_ids: Sequence[str], context: RunContext
 ) -> dict[str, tuple[str | None, str | None]]:
     """unique_id -> (compiled SQL, error message) from ONE in-process `dbt compile` on the cached manifest."""
-    from mage_dbt.dbt_executor import node_args
-    from mage_dbt.dbt_invocation import error_text, invoke_dbt
+    from mage_dbt.dbt.executor import node_args
+    from mage_dbt.dbt.invocation import error_text, invoke_dbt
 
     ref = loaded.ref
     raw = invoke_dbt(
@@ -405,7 +405,7 @@ def plan_run_refresh(
     logger: Any,
 ) -> set[str] | None:
     """What a run rebuilds: its full_refresh_select, then its on_drift policy (None: full_refresh for all)."""
-    from mage_dbt.full_refresh import refresh_ids_for_run
+    from mage_dbt.refresh.full_refresh import refresh_ids_for_run
 
     refresh = refresh_ids_for_run(pipeline, context.full_refresh, full_refresh_select)
     if check_drift:

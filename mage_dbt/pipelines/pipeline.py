@@ -1,7 +1,7 @@
 """Pipelines: a pipeline file plus a manifest become a validated DAG of blocks and execution units.
 
 Edges come from the manifest's `depends_on`, from explicit `upstream:` and from inference between
-Python/SQL blocks and dbt relations (`mage_dbt.edges`). Consecutive dbt blocks of one dbt project
+Python/SQL blocks and dbt relations (`mage_dbt.blocks.edges`). Consecutive dbt blocks of one dbt project
 that form a connected part of the DAG are grouped into one *unit*, which runs as ONE dbt
 invocation; every other block is a unit of its own. Units are returned in an executable order.
 """
@@ -15,11 +15,11 @@ from typing import Any
 
 import networkx as nx
 
-from mage_dbt.blocks import Block, DbtBlockTranslator
+from mage_dbt.blocks.block import Block, DbtBlockTranslator
 from mage_dbt.context import run_dbt_vars
 from mage_dbt.errors import ConfigError, SelectionError
-from mage_dbt.manifest import DbtProjectRef, LoadedManifest, load_manifest
-from mage_dbt.pipeline_spec import PipelineSpec, load_pipeline_spec
+from mage_dbt.dbt.manifest import DbtProjectRef, LoadedManifest, load_manifest
+from mage_dbt.pipelines.spec import PipelineSpec, load_pipeline_spec
 from mage_dbt.settings import ProjectSettings
 
 MODEL_ONLY_TYPES = ("model",)
@@ -118,7 +118,7 @@ def build_pipeline(
     dbt_ref: DbtProjectRef | None = None,
     dbt_vars: dict[str, Any] | None = None,
 ) -> Pipeline:
-    from mage_dbt.dbt_command import check_dbt_command_blocks
+    from mage_dbt.blocks.dbt_command import check_dbt_command_blocks
 
     check_dbt_command_blocks(settings, spec, target=target or spec.target)  # pre-flight, before any parse
     translator = translator or DbtBlockTranslator()
@@ -213,7 +213,7 @@ def _graph(blocks: dict[str, Block]) -> nx.DiGraph:
 
 
 def _inferred_edges(settings, spec, blocks, loaded, target=None) -> set[tuple[str, str]]:
-    from mage_dbt.edges import infer_edges
+    from mage_dbt.blocks.edges import infer_edges
 
     return infer_edges(settings, spec, blocks, loaded, target=target)
 
@@ -312,7 +312,7 @@ def restrict(pipeline: Pipeline, names: set[str]) -> Pipeline:
 def for_dbt_vars(pipeline: Pipeline, dbt_vars: dict[str, Any]) -> Pipeline:
     """`pipeline` as dbt would resolve it with `dbt_vars`: itself when its manifest serves those
     vars (the common case: a var only used in SQL), else resolved again from the manifest dbt
-    parses with them (mage_dbt.parse_vars)."""
+    parses with them (mage_dbt.dbt.parse_vars)."""
     if pipeline.manifest is None or pipeline.origin is None or pipeline.manifest.serves(dbt_vars):
         return pipeline
     origin = pipeline.origin
@@ -325,6 +325,6 @@ def for_dbt_vars(pipeline: Pipeline, dbt_vars: dict[str, Any]) -> Pipeline:
 
 
 def pipeline_file(settings: ProjectSettings, name: str) -> Path:
-    from mage_dbt.pipeline_spec import pipeline_path
+    from mage_dbt.pipelines.spec import pipeline_path
 
     return pipeline_path(settings.flows_dir, name)

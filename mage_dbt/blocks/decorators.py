@@ -1,6 +1,6 @@
 """Mage's block decorators: `@data_loader`, `@transformer`, `@data_exporter`, `@sensor`, `@test`.
 
-A decorator only marks the function (`__mage_dbt_kind__`); `mage_dbt.python_blocks` finds the
+A decorator only marks the function (`__mage_dbt_kind__`); `mage_dbt.blocks.python` finds the
 marked functions of a block file after executing it. The names are injected into the file's
 globals before it runs (as Mage does), so `if 'transformer' not in globals(): from mage_dbt
 import transformer` works, and so does a plain `from mage_dbt import transformer`.

@@ -19,9 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mage_dbt.deploy_schedules import describe, to_prefect
+from mage_dbt.deploy.schedules import describe, to_prefect
 from mage_dbt.errors import ConfigError
-from mage_dbt.pipeline_spec import ScheduleSpec, list_pipelines, load_pipeline_spec
+from mage_dbt.pipelines.spec import ScheduleSpec, list_pipelines, load_pipeline_spec
 from mage_dbt.settings import PROJECT_DIR_ENV, ProjectSettings
 
 if TYPE_CHECKING:

@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from mage_dbt.nodes import DbtNode
-from mage_dbt.pipeline_spec import BlockSpec
+from mage_dbt.dbt.nodes import DbtNode
+from mage_dbt.pipelines.spec import BlockSpec
 
 DBT_KINDS = ("dbt_model", "dbt_seed", "dbt_snapshot", "dbt_test")
 

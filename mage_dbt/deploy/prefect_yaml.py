@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from mage_dbt.deploy import DeploymentPlan
-from mage_dbt.deploy_schedules import ANCHOR
+from mage_dbt.deploy.deployments import DeploymentPlan
+from mage_dbt.deploy.schedules import ANCHOR
 from mage_dbt.settings import PROJECT_DIR_ENV, ProjectSettings
 
 ENTRYPOINT = "mage_dbt.flows.pipeline_flow"

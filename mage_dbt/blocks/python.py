@@ -1,5 +1,5 @@
 """Python blocks: a file with one `@data_loader` / `@transformer` / `@data_exporter` / `@sensor`
-function plus optional `@test` functions (Mage's decorators, see `mage_dbt.decorators`).
+function plus optional `@test` functions (Mage's decorators, see `mage_dbt.blocks.decorators`).
 
 The function receives the outputs of the block's declared `upstream:` blocks positionally, in the
 declared order (a dbt upstream block gives its relation name, a `Relation` str), and the run
@@ -17,7 +17,7 @@ outputs plus the keyword arguments it names. Each `@test` then runs on the outpu
 block: a failing test fails the block, so its downstream blocks are skipped. A `@sensor` is called
 until it returns True (block options `poke_interval` seconds, default 10, and `timeout` seconds,
 default 600). A block that declares `writes: [schema.table]` or `writes: [source:src.table]` is
-upstream of the dbt models reading those tables (see `mage_dbt.edges`).
+upstream of the dbt models reading those tables (see `mage_dbt.blocks.edges`).
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from mage_dbt.block_runners import BlockEnv, BlockOutcome
-from mage_dbt.decorators import BLOCK_KINDS, DECORATORS, KIND_ATTR, TEST_KIND
+from mage_dbt.blocks.runners import BlockEnv, BlockOutcome
+from mage_dbt.blocks.decorators import BLOCK_KINDS, DECORATORS, KIND_ATTR, TEST_KIND
 from mage_dbt.errors import BlockError
 
 CONTEXT_KWARGS = (
@@ -209,7 +209,7 @@ def block_functions(namespace: dict[str, Any], label: str) -> tuple[Callable, li
 
 def upstream_value(name: str, env: BlockEnv) -> Any:
     """An upstream output: a dbt block's relation, else the stored output of a Python/SQL block."""
-    from mage_dbt.block_support import Relation
+    from mage_dbt.blocks.support import Relation
 
     pipeline = env.pipeline
     block = pipeline.blocks.get(name)
@@ -223,7 +223,7 @@ def upstream_value(name: str, env: BlockEnv) -> Any:
 
 
 def context_kwargs(block_name: str, env: BlockEnv, warehouse: Any, relations: Any) -> dict[str, Any]:
-    from mage_dbt.block_support import block_logger
+    from mage_dbt.blocks.support import block_logger
 
     ctx = env.context
     return {
@@ -237,7 +237,7 @@ def context_kwargs(block_name: str, env: BlockEnv, warehouse: Any, relations: An
 
 def run_python_block(block: Any, env: BlockEnv) -> BlockOutcome:
     """Run the block function on its upstream outputs, then its @test functions on the output."""
-    from mage_dbt.block_support import LazyWarehouse, Relations, block_target, detach_logger
+    from mage_dbt.blocks.support import LazyWarehouse, Relations, block_target, detach_logger
 
     spec, settings = block.spec, env.settings
     info = check_python_block(settings, env.pipeline.name, spec)

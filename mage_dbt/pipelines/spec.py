@@ -80,20 +80,20 @@ class ScheduleSpec(BaseModel):
     @field_validator("cron")
     @classmethod
     def _valid_cron(cls, value: str | None) -> str | None:
-        from mage_dbt.deploy_schedules import check_cron
+        from mage_dbt.deploy.schedules import check_cron
 
         return None if value is None else check_cron(value)
 
     @field_validator("timezone")
     @classmethod
     def _valid_timezone(cls, value: str) -> str:
-        from mage_dbt.deploy_schedules import check_timezone
+        from mage_dbt.deploy.schedules import check_timezone
 
         return check_timezone(value)
 
     @model_validator(mode="after")
     def _one_kind(self) -> "ScheduleSpec":
-        from mage_dbt.deploy_schedules import check_kind
+        from mage_dbt.deploy.schedules import check_kind
 
         check_kind(self.cron, self.interval_seconds)
         return self

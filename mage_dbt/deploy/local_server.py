@@ -13,7 +13,7 @@ start and stop for every command. Its files, all in PREFECT_HOME:
 - `mage_dbt_server.clients` shared flock held by each command that uses the server, for its life
 - `mage_dbt_server.used`    its modification time is the last use
 
-A small supervisor process (`python -m mage_dbt.local_server supervise CONFIG`) owns the server
+A small supervisor process (`python -m mage_dbt.deploy.local_server supervise CONFIG`) owns the server
 process: it stops it when it has been idle for MAGE_DBT_LOCAL_SERVER_IDLE_MINUTES (default 30) —
 idle meaning no command holds the clients lock and none started since — and removes the record.
 
@@ -170,7 +170,7 @@ def ensure_local_server(announce: Callable[[str], None] | None = None) -> Option
 
     Returns None (and changes nothing) when a Prefect server is configured or the local server is
     switched off; then Prefect's own default applies (its temporary server, given a generous
-    start-up timeout by `mage_dbt.prefect_setup.quiet_prefect_console`).
+    start-up timeout by `mage_dbt.runs.prefect_setup.quiet_prefect_console`).
     """
     global _ENSURED
     if _ENSURED is not None:
@@ -202,7 +202,7 @@ def _find_or_start(paths: Paths, announce: Callable[[str], None]) -> ServerRecor
         # Another command may have started it (or still be starting it) while we waited.
         record = read_record(paths)
         if record is not None:
-            if _is_ours(record.supervisor_pid, "mage_dbt.local_server") or _is_ours(record.pid, "prefect"):
+            if _is_ours(record.supervisor_pid, "mage_dbt.deploy.local_server") or _is_ours(record.pid, "prefect"):
                 alive = lambda: _alive(record.supervisor_pid) or _alive(record.pid)  # noqa: E731
                 if _wait_healthy(record.url, time.monotonic() + start_timeout(), alive):
                     return record
@@ -229,7 +229,7 @@ def _start(paths: Paths, announce: Callable[[str], None]) -> ServerRecord:
                 return record
         code = supervisor.poll()
         if code is None:  # alive but not healthy in time: stop it before saying so
-            _terminate(supervisor.pid, "mage_dbt.local_server")
+            _terminate(supervisor.pid, "mage_dbt.deploy.local_server")
             _remove_record_of(paths, supervisor.pid)
             raise LocalServerError(
                 f"the local Prefect server did not answer within {timeout:g} s "
@@ -258,7 +258,7 @@ def _port(fixed: str) -> int:
 
 
 def _spawn_supervisor(paths: Paths, port: int, idle: float) -> subprocess.Popen:
-    from mage_dbt.serve import server_command
+    from mage_dbt.deploy.serve import server_command
 
     argv, env = server_command(HOST, port)
     # The server logs warnings only: its access log would grow with every command.
@@ -270,7 +270,7 @@ def _spawn_supervisor(paths: Paths, port: int, idle: float) -> subprocess.Popen:
     _touch(paths.used)
     with open(paths.log, "wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "mage_dbt.local_server", "supervise", json.dumps(config)],
+            [sys.executable, "-m", "mage_dbt.deploy.local_server", "supervise", json.dumps(config)],
             env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, close_fds=True,
         )
@@ -335,7 +335,7 @@ def stop(home: Path | None = None) -> Optional[ServerRecord]:
         record = read_record(paths)
         if record is None:
             return None
-        running = _is_ours(record.supervisor_pid, "mage_dbt.local_server") or _is_ours(record.pid, "prefect")
+        running = _is_ours(record.supervisor_pid, "mage_dbt.deploy.local_server") or _is_ours(record.pid, "prefect")
         _stop_record(paths, record)
         return record if running else None
 
@@ -348,7 +348,7 @@ def last_used(paths: Paths) -> Optional[datetime]:
 
 def _stop_record(paths: Paths, record: ServerRecord) -> None:
     """Stop the supervisor (it stops its server); stop the server directly if the supervisor is gone."""
-    _terminate(record.supervisor_pid, "mage_dbt.local_server")
+    _terminate(record.supervisor_pid, "mage_dbt.deploy.local_server")
     _terminate(record.pid, "prefect")
     with contextlib.suppress(FileNotFoundError):
         paths.record.unlink()
@@ -541,5 +541,5 @@ def _die_with_parent() -> None:
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "supervise":
         sys.exit(supervise(json.loads(sys.argv[2])))
-    print("usage: python -m mage_dbt.local_server supervise CONFIG_JSON", file=sys.stderr)
+    print("usage: python -m mage_dbt.deploy.local_server supervise CONFIG_JSON", file=sys.stderr)
     sys.exit(2)

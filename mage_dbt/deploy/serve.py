@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from mage_dbt.deploy import check_server, plan_deployments, remove_stale, runner_deployment
+from mage_dbt.deploy.deployments import check_server, plan_deployments, remove_stale, runner_deployment
 from mage_dbt.settings import PROJECT_DIR_ENV, ProjectSettings
 
 DATABASE_ENV = "PREFECT_API_DATABASE_CONNECTION_URL"
