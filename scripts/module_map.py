@@ -75,7 +75,7 @@ SYMBOLS: dict[tuple[str, str], str] = {
     # mage_dbt.flows keeps the Prefect flow (deployments reference mage_dbt.flows.pipeline_flow)
     ("mage_dbt.flows", "FLOW_NAME"): "mage_dbt.runs.history",
     **{("mage_dbt.flows", name): _FLOW_IMPL for name in (
-        "run_pipeline", "run_and_report", "scheduled_time", "summary_lines", "_write_summary", "_flow_run_name",
+        "run_pipeline", "run_and_report", "scheduled_time", "summary_lines", "_write_summary",
     )},
     ("mage_dbt.runs.retry", "retry_outputs"): _FLOW_IMPL,
     # mage_dbt.sync_flow keeps the Prefect flow (entrypoint mage_dbt.sync_flow.sync_flow)

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any, Iterable
 
 from mage_dbt.backfill.plan import BackfillPlan, backfill_tag, interval_key
+from mage_dbt.runs.history import FLOW_NAME
 
 COMPLETED, FAILED, CRASHED, RUNNING, CANCELLED, NOT_STARTED = (
     "completed", "failed", "crashed", "running", "cancelled", "not started",
@@ -85,8 +86,6 @@ def run_interval_key(run: Any) -> str | None:
 
 def interval_statuses(plan: BackfillPlan, runs: Iterable[Any] | None = None) -> dict[str, IntervalStatus]:
     """The status of every interval of `plan`, keyed like `interval_key`, in date order."""
-    from mage_dbt.flows import FLOW_NAME
-
     if runs is None:
         runs = read_runs(plan.id, FLOW_NAME)
     by_key: dict[str, list[Any]] = {}
@@ -123,7 +122,6 @@ def mark_crashed(backfill_id: str, *, keep: Iterable[str] = (), reason: str) -> 
     from prefect.states import Crashed
 
     from mage_dbt.backfill.flow import BACKFILL_FLOW_NAME
-    from mage_dbt.flows import FLOW_NAME
 
     keep_ids = {str(k) for k in keep}
     marked = []

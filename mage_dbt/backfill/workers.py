@@ -184,7 +184,7 @@ class WorkerPool:
         from prefect.client.orchestration import get_client
         from prefect.states import Pending
 
-        from mage_dbt.flows import FLOW_NAME
+        from mage_dbt.runs.history import FLOW_NAME
 
         identity = _SubflowTask(name=FLOW_NAME, task_key=f"mage-dbt.subflow.{FLOW_NAME}")
         with get_client(sync_client=True) as client:

@@ -215,7 +215,7 @@ def remove_stale(plans: list[DeploymentPlan]) -> list[DeployResult]:
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
-    from mage_dbt.flows import FLOW_NAME
+    from mage_dbt.runs.history import FLOW_NAME
 
     removed = []
     with get_client(sync_client=True) as client:

@@ -16,6 +16,7 @@ from uuid import UUID
 
 from mage_dbt.errors import MageDbtError
 
+FLOW_NAME = "mage-dbt-pipeline"  # the flow of mage_dbt.flows.pipeline_flow: every pipeline run is one of its runs
 RETRY_TAG = "retry-of:"
 PAGE = 200
 
@@ -86,8 +87,6 @@ def read_run(flow_run_id: str) -> PastRun:
     """The pipeline run `flow_run_id`, or a one-line RunNotFound."""
     from prefect.exceptions import ObjectNotFound
 
-    from mage_dbt.flows import FLOW_NAME
-
     hint = "copy the id from the `flow run:` line of `mage-dbt run` or from the Prefect UI"
     try:
         UUID(str(flow_run_id))
@@ -113,8 +112,6 @@ def pipeline_runs(pipeline: str, *, state_types: list[str] | None = None) -> Ite
     )
     from prefect.client.schemas.objects import StateType
     from prefect.client.schemas.sorting import FlowRunSort
-
-    from mage_dbt.flows import FLOW_NAME
 
     run_filter = None
     if state_types:

@@ -11,14 +11,22 @@ failed run was retried and how a retry finds the outputs of the blocks it did no
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from prefect import tags
+
+from mage_dbt.dates import parse_execution_date
 from mage_dbt.errors import ConfigError
+from mage_dbt.flows import pipeline_flow
+from mage_dbt.pipelines.pipeline import load_pipeline
+from mage_dbt.pipelines.spec import load_pipeline_spec
 from mage_dbt.runs.history import (
     RETRY_TAG, BlockState, PastRun, block_states, latest_unretried_failure, read_run, retry_tags,
 )
+from mage_dbt.runs.prefect_setup import run_flow_quietly
 from mage_dbt.settings import ProjectSettings
 
 
@@ -59,10 +67,6 @@ def find_run(settings: ProjectSettings, pipeline: str | None, run_id: str | None
 
 def plan_retry(settings: ProjectSettings, run: PastRun) -> RetryPlan:
     """Resolve the run's pipeline as it was selected and pick the blocks that did not succeed."""
-    from mage_dbt.dates import parse_execution_date
-    from mage_dbt.pipelines.pipeline import load_pipeline
-    from mage_dbt.pipelines.spec import load_pipeline_spec
-
     params = run.parameters
     spec = load_pipeline_spec(settings.flows_dir, run.pipeline)
     when_raw = params.get("execution_date") or run.expected_start_time
@@ -89,31 +93,11 @@ def plan_retry(settings: ProjectSettings, run: PastRun) -> RetryPlan:
 
 def _flow_parameters(params: dict[str, Any]) -> dict[str, Any]:
     """The original run's parameters that the pipeline flow still takes (full refresh, target, vars, ref...)."""
-    import inspect
-
-    from mage_dbt.flows import pipeline_flow
-
     accepted = inspect.signature(pipeline_flow.fn).parameters
     return {k: v for k, v in params.items() if k in accepted}
 
 
-def retry_outputs(settings: ProjectSettings, pipeline: str, run_id: str, tags: Any) -> dict[str, Any]:
-    """PipelineRunner options for a run tagged retry-of:<id>: block outputs it does not produce
-    itself (its upstream blocks succeeded before) are read from the runs it retries."""
-    retried = [t[len(RETRY_TAG):] for t in (tags or ()) if t.startswith(RETRY_TAG)]
-    if not retried:
-        return {}
-    from mage_dbt.blocks.outputs import OutputStore
-
-    return {"outputs": OutputStore(settings.data_dir, pipeline, run_id, fallback_run_ids=retried)}
-
-
 def run_retry(plan: RetryPlan) -> dict:
     """Run the plan as a new flow run tagged with the run it retries; return its summary."""
-    from prefect import tags
-
-    from mage_dbt.flows import pipeline_flow
-    from mage_dbt.runs.prefect_setup import run_flow_quietly
-
     with tags(*plan.tags):
         return run_flow_quietly(pipeline_flow, **plan.parameters)

@@ -1,0 +1,137 @@
+"""One pipeline run for one execution date: the body of the pipeline flow (`mage_dbt.flows`).
+
+`run_pipeline` takes the flow's typed parameters and does the run inside the current flow run: the
+revision of the dbt project (sync on run, `ref`), the run context, the resolved pipeline, drift
+and targeted full refresh, the outputs a retry reads from the runs it retries, then
+`run_and_report`: task runs per block, the summary file and log lines, the flow run's final state.
+When no execution date is given (a scheduled run), the run's *scheduled* start time is used, never
+the wall clock, so a run that starts late still processes its own date.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import datetime, timezone
+from typing import Any
+
+from prefect import get_run_logger
+from prefect.context import FlowRunContext
+from prefect.states import Completed, Failed
+
+from mage_dbt.blocks.outputs import OutputStore
+from mage_dbt.context import make_context
+from mage_dbt.errors import MageDbtError
+from mage_dbt.pipelines.pipeline import for_dbt_vars, load_pipeline
+from mage_dbt.pipelines.spec import load_pipeline_spec
+from mage_dbt.refresh.drift import plan_run_refresh
+from mage_dbt.runs.heartbeats import flow_run_heartbeats
+from mage_dbt.runs.history import RETRY_TAG
+from mage_dbt.runs.runner import PipelineRunner, RunSummary
+from mage_dbt.runs.task_runs import TaskRunReporter
+from mage_dbt.settings import ProjectSettings, load_settings
+from mage_dbt.sync_flow import prepare_run_project, record_commit
+
+
+def scheduled_time() -> datetime:
+    """The flow run's scheduled start (manual runs: when they were created)."""
+    ctx = FlowRunContext.get()
+    if ctx and ctx.flow_run and ctx.flow_run.expected_start_time:
+        return ctx.flow_run.expected_start_time
+    return datetime.now(timezone.utc)
+
+
+def run_pipeline(
+    pipeline: str,
+    execution_date: datetime | None = None,
+    full_refresh: bool = False,
+    select: list[str] | None = None,
+    target: str | None = None,
+    vars: dict[str, Any] | None = None,
+    ref: str | None = None,
+    full_refresh_select: list[str] | None = None,
+    check_drift: bool = True,
+):
+    """The pipeline flow's run (parameters: see `mage_dbt.flows.pipeline_flow`); its final state."""
+    with flow_run_heartbeats():  # Prefect's own are off when run in-process (heartbeats.py)
+        logger = get_run_logger()
+        ctx = FlowRunContext.get()
+        run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else "local"
+        settings = load_settings()
+        project = prepare_run_project(settings, pipeline, ref=ref, target=target, log=logger)  # sync_on_run / ref
+        spec = load_pipeline_spec(settings.flows_dir, pipeline)
+        context = make_context(
+            spec.name,
+            execution_date or scheduled_time(),
+            interval=spec.interval,
+            timezone=spec.timezone,
+            full_refresh=full_refresh,
+            vars={**spec.vars, **(vars or {})},
+            target=target or spec.target,
+            run_id=run_id,
+        )
+        # dbt parses with the run's vars (dates included): vars can change which nodes exist.
+        resolved = load_pipeline(settings, pipeline, target=target, select=select, dbt_ref=project.dbt_ref,
+                                 dbt_vars=context.dbt_vars())
+        dbt_commit = record_commit(resolved, project, log=logger)  # log line + dbt-commit:<sha12> tag
+        context = replace(context, dbt_commit=dbt_commit)
+        logger.info(
+            "pipeline %s, execution date %s, %d blocks in %d units%s",
+            resolved.name, context.date_vars()["execution_date"], len(resolved.blocks), len(resolved.units),
+            ", full refresh" if full_refresh else "",
+        )
+        try:
+            refresh_nodes = plan_run_refresh(resolved, context, full_refresh_select, check_drift=check_drift, logger=logger)
+        except MageDbtError as exc:  # drift with on_drift: fail, or a bad full_refresh_select: nothing ran
+            return Failed(message=exc.one_line(), data=exc)  # returned, not raised: no traceback on the CLI
+        retry = retry_outputs(settings, resolved.name, run_id, ctx.flow_run.tags if ctx and ctx.flow_run else ())
+        return run_and_report(settings, resolved, context, logger, full_refresh_nodes=refresh_nodes, **retry)
+
+
+def retry_outputs(settings: ProjectSettings, pipeline: str, run_id: str, tags: Any) -> dict[str, Any]:
+    """PipelineRunner options for a run tagged retry-of:<id>: block outputs it does not produce
+    itself (its upstream blocks succeeded before) are read from the runs it retries."""
+    retried = [t[len(RETRY_TAG):] for t in (tags or ()) if t.startswith(RETRY_TAG)]
+    if not retried:
+        return {}
+    return {"outputs": OutputStore(settings.data_dir, pipeline, run_id, fallback_run_ids=retried)}
+
+
+def run_and_report(settings, resolved, context, logger, **runner_options):
+    """Run a resolved pipeline inside the current flow run: task runs per block, a summary file
+    and log lines, and the flow run's final state (Failed, with the summary, when a block failed)."""
+    ctx = FlowRunContext.get()
+    resolved = for_dbt_vars(resolved, context.dbt_vars())  # resolved before the run's vars were known
+    reporter = TaskRunReporter(context.run_id) if ctx and ctx.flow_run else None
+    try:
+        summary = PipelineRunner(settings, resolved, context, reporter=reporter, **runner_options).run()
+    finally:
+        if reporter:
+            reporter.close()
+    _write_summary(settings, context.run_id, summary)
+    # One log record for the whole table: one row per block would be hundreds of log rows to store.
+    logger.info("%d blocks:\n%s", len(summary.results), "\n".join(summary_lines(summary)))
+    if summary.ok:
+        return Completed(message=f"{len(summary.results)} blocks succeeded", data=summary.to_dict())
+    failed = summary.names("failed")
+    return Failed(
+        message=f"{len(failed)} block(s) failed: {', '.join(failed[:10])}; "
+        f"{len(summary.names('skipped'))} skipped",
+        data=summary.to_dict(),
+    )
+
+
+def _write_summary(settings, run_id: str, summary: RunSummary) -> None:
+    folder = settings.data_dir / "runs" / run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2, default=str))
+
+
+def summary_lines(summary: RunSummary) -> list[str]:
+    lines = []
+    for result in summary.results.values():
+        line = f"{result.status:<8} {result.kind:<12} {result.name} ({result.seconds:.2f}s)"
+        if result.status != "success" and result.message:
+            line += f": {result.message}"
+        lines.append(line)
+    return lines
