@@ -42,14 +42,14 @@ from mage_dbt.backfill.plan import (
     save_plan,
 )
 from mage_dbt.backfill.progress import current_sink
-from mage_dbt.backfill.state import COMPLETED, count_statuses, interval_statuses, mark_crashed
+from mage_dbt.backfill.state import BACKFILL_FLOW_NAME, COMPLETED, count_statuses, interval_statuses, mark_crashed
 from mage_dbt.dates import Interval
 from mage_dbt.errors import BackfillError
+from mage_dbt.flows import pipeline_flow
 from mage_dbt.runs.heartbeats import engine_heartbeats_off
 from mage_dbt.pipelines.pipeline import load_pipeline
 from mage_dbt.settings import ProjectSettings, load_settings
 
-BACKFILL_FLOW_NAME = "mage-dbt-backfill"
 DBT_WRITE_JSON = "DBT_WRITE_JSON"
 
 
@@ -231,8 +231,6 @@ class BackfillExecution:
 
     # -- in this process --------------------------------------------------------------------------
     def _run_here(self, intervals: list[Interval]) -> None:
-        from mage_dbt.flows import pipeline_flow
-
         plan = self.plan
         for interval in intervals:
             if self.failures and not self.keep_going:

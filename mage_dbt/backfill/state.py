@@ -17,6 +17,8 @@ from typing import Any, Iterable
 from mage_dbt.backfill.plan import BackfillPlan, backfill_tag, interval_key
 from mage_dbt.runs.history import FLOW_NAME
 
+BACKFILL_FLOW_NAME = "mage-dbt-backfill"  # the flow of backfill.flow.backfill_flow, tagged like its intervals
+
 COMPLETED, FAILED, CRASHED, RUNNING, CANCELLED, NOT_STARTED = (
     "completed", "failed", "crashed", "running", "cancelled", "not started",
 )
@@ -120,8 +122,6 @@ def mark_crashed(backfill_id: str, *, keep: Iterable[str] = (), reason: str) -> 
     """
     from prefect.client.orchestration import get_client
     from prefect.states import Crashed
-
-    from mage_dbt.backfill.flow import BACKFILL_FLOW_NAME
 
     keep_ids = {str(k) for k in keep}
     marked = []
