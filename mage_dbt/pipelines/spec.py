@@ -29,6 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mage_dbt.errors import ConfigError, PipelineNotFound
+from mage_dbt.pipelines.schedules import check_cron, check_kind, check_timezone
 
 BLOCK_TYPES = ("python", "sql", "dbt_command")
 
@@ -80,21 +81,15 @@ class ScheduleSpec(BaseModel):
     @field_validator("cron")
     @classmethod
     def _valid_cron(cls, value: str | None) -> str | None:
-        from mage_dbt.deploy.schedules import check_cron
-
         return None if value is None else check_cron(value)
 
     @field_validator("timezone")
     @classmethod
     def _valid_timezone(cls, value: str) -> str:
-        from mage_dbt.deploy.schedules import check_timezone
-
         return check_timezone(value)
 
     @model_validator(mode="after")
     def _one_kind(self) -> "ScheduleSpec":
-        from mage_dbt.deploy.schedules import check_kind
-
         check_kind(self.cron, self.interval_seconds)
         return self
 
