@@ -13,8 +13,8 @@ not depend on the execution date), so a backfill compiles each model once, not o
 
 `enforce_on_drift` applies a pipeline's `on_drift` setting before a run: `fail` (default) stops the
 run before anything ran and names the exact `mage-dbt full-refresh` command, `full_refresh`
-rebuilds the drifted models in that run, `warn` logs and runs. `Catalog` also does the few DDL
-statements a snapshot rebuild needs (see `mage_dbt.refresh.full_refresh`).
+rebuilds the drifted models in that run, `warn` logs and runs. The warehouse side (column lookups
+without running the query) is `mage_dbt.warehouse.catalog`.
 """
 
 from __future__ import annotations
@@ -22,30 +22,23 @@ from __future__ import annotations
 import json
 import os
 import re
-import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from mage_dbt.context import RunContext
-from mage_dbt.errors import ConfigError, MageDbtError
-from mage_dbt.refresh.full_refresh import incremental_models
 from mage_dbt.dbt.manifest import DbtProjectRef, LoadedManifest
+from mage_dbt.errors import MageDbtError
 from mage_dbt.pipelines.pipeline import Pipeline
+from mage_dbt.refresh.full_refresh import incremental_models, refresh_ids_for_run
+from mage_dbt.warehouse.catalog import Catalog, Columns, ProbeError, UnsupportedWarehouse
 
 UP_TO_DATE, DRIFTED, NOT_BUILT, UNKNOWN = "up to date", "drifted", "not built", "unknown"
-SUPPORTED = ("duckdb", "postgres")
-
-Columns = dict[str, str]  # column name -> type as the warehouse spells it, in table order
 
 
 class DriftError(MageDbtError):
     """Selected incremental models no longer match their tables; `node_ids` names them."""
-
-
-class UnsupportedWarehouse(ConfigError):
-    """Drift detection has no column probe for this target type."""
 
 
 @dataclass(frozen=True)
@@ -114,118 +107,6 @@ def compare_columns(table: Columns, query: Columns) -> tuple[tuple, tuple, tuple
         if k in old and normalize_type(old[k][1]) != normalize_type(new[k][1])
     )
     return added, removed, changed
-
-
-# -- the warehouse side -------------------------------------------------------------------------
-def _quote(name: str) -> str:
-    return '"' + str(name).replace('"', '""') + '"'
-
-
-class ProbeError(Exception):
-    """The warehouse rejected a compiled query (it would fail the run the same way)."""
-
-
-class Catalog:
-    """Column lookups on the dbt target, and the table renames/drops a snapshot rebuild needs."""
-
-    def __init__(self, kind: str, connection: Any) -> None:
-        self.kind = kind
-        self.connection = connection
-
-    @classmethod
-    @contextmanager
-    def open(cls, ref: DbtProjectRef) -> Iterator["Catalog"]:
-        """Connect to `ref`'s target (from profiles.yml) for the duration of the block only.
-
-        DuckDB takes one writer per file, so never hold this open while dbt runs.
-        """
-        from mage_dbt.warehouse.connections import connect_raw
-
-        target = target_config(ref)
-        if target.type not in SUPPORTED:
-            raise UnsupportedWarehouse(
-                f"drift detection supports {', '.join(SUPPORTED)} targets; target "
-                f"'{target.target_name}' is {target.type}",
-                hint="set on_drift: warn in the pipeline file to run without the check",
-            )
-        connection = connect_raw(target)
-        try:
-            yield cls(target.type, connection)
-        finally:
-            connection.close()
-
-    def relation_columns(self, database: str | None, schema: str | None, name: str | None) -> Columns | None:
-        """The relation's columns in table order, or None when it does not exist."""
-        if self.kind == "duckdb":
-            rows = self.connection.execute(
-                "select column_name, data_type from information_schema.columns where table_catalog = ? "
-                "and table_schema = ? and table_name = ? order by ordinal_position",
-                [database, schema, name],
-            ).fetchall()
-        else:
-            with self.connection.cursor() as cur:
-                cur.execute(
-                    "select a.attname, format_type(a.atttypid, a.atttypmod) from pg_attribute a "
-                    "join pg_class c on c.oid = a.attrelid join pg_namespace n on n.oid = c.relnamespace "
-                    "where n.nspname = %s and c.relname = %s and a.attnum > 0 and not a.attisdropped "
-                    "order by a.attnum",
-                    [schema, name],
-                )
-                rows = cur.fetchall()
-        return {str(n): str(t) for n, t in rows} if rows else None
-
-    def query_columns(self, sql: str) -> Columns:
-        """The columns `sql` would produce, asked of the warehouse without running the query."""
-        try:
-            if self.kind == "duckdb":
-                relation = self.connection.sql(sql)
-                return {str(n): str(t) for n, t in zip(relation.columns, relation.types)}
-            return self._postgres_query_columns(sql)
-        except Exception as exc:  # the driver's own error types; the message is what matters
-            raise ProbeError(" ".join(str(exc).split())[:300]) from None
-
-    def _postgres_query_columns(self, sql: str) -> Columns:
-        view = f"mage_dbt_probe_{uuid.uuid4().hex[:12]}"
-        with self.connection.cursor() as cur:
-            cur.execute("begin")
-            try:
-                cur.execute(f"create temporary view {view} as\n{sql}\n")
-                cur.execute(
-                    "select attname, format_type(atttypid, atttypmod) from pg_attribute "
-                    "where attrelid = %s::regclass and attnum > 0 and not attisdropped order by attnum",
-                    [f"pg_temp.{view}"],
-                )
-                rows = cur.fetchall()
-            finally:
-                cur.execute("rollback")
-        return {str(n): str(t) for n, t in rows}
-
-    def _table(self, database: str | None, schema: str | None, name: str) -> str:
-        parts = ([database] if self.kind == "duckdb" and database else []) + [schema, name]
-        return ".".join(_quote(p) for p in parts if p)
-
-    def rename_table(self, database: str | None, schema: str | None, old: str, new: str) -> None:
-        self._execute(f"alter table {self._table(database, schema, old)} rename to {_quote(new)}")
-
-    def drop_table(self, database: str | None, schema: str | None, name: str) -> None:
-        self._execute(f"drop table if exists {self._table(database, schema, name)}")
-
-    def _execute(self, statement: str) -> None:
-        if self.kind == "duckdb":
-            self.connection.execute(statement)
-            return
-        with self.connection.cursor() as cur:
-            cur.execute(statement)
-
-
-def target_config(ref: DbtProjectRef):
-    """The dbt target `ref` runs on, rendered from profiles.yml (the one source of connection settings)."""
-    import yaml
-
-    from mage_dbt.warehouse import resolve_target
-
-    project = yaml.safe_load((ref.project_dir / "dbt_project.yml").read_text()) or {}
-    return resolve_target(ref.profiles_dir, str(project.get("profile")), ref.target)
 
 
 # -- compile with dbt ---------------------------------------------------------------------------
@@ -405,8 +286,6 @@ def plan_run_refresh(
     logger: Any,
 ) -> set[str] | None:
     """What a run rebuilds: its full_refresh_select, then its on_drift policy (None: full_refresh for all)."""
-    from mage_dbt.refresh.full_refresh import refresh_ids_for_run
-
     refresh = refresh_ids_for_run(pipeline, context.full_refresh, full_refresh_select)
     if check_drift:
         refresh = enforce_on_drift(pipeline, context, refresh, logger)

@@ -21,9 +21,11 @@ from typing import Iterable, Sequence
 
 import networkx as nx
 
-from mage_dbt.errors import ConfigError, SelectionError
 from mage_dbt.dbt.manifest import LoadedManifest
-from mage_dbt.pipelines.pipeline import Pipeline, select_blocks
+from mage_dbt.errors import ConfigError, PipelineNotFound, SelectionError
+from mage_dbt.pipelines.pipeline import Pipeline, build_pipeline, load_pipeline, select_blocks
+from mage_dbt.pipelines.spec import DbtSelection, PipelineSpec, list_pipelines
+from mage_dbt.warehouse.catalog import Catalog
 
 LOG = logging.getLogger("mage_dbt.full_refresh")
 BACKUP_SUFFIX = "__mage_dbt_prev"
@@ -175,8 +177,6 @@ def snapshot_ids(loaded: LoadedManifest, unique_ids: Iterable[str]) -> list[str]
 
 def set_aside_snapshots(loaded: LoadedManifest, unique_ids: Sequence[str]) -> dict[str, str]:
     """Rename the existing tables of these snapshots to `<name>__mage_dbt_prev`; return the moved ones."""
-    from mage_dbt.refresh.drift import Catalog
-
     moved: dict[str, str] = {}
     with Catalog.open(loaded.ref) as catalog:
         for uid in unique_ids:
@@ -194,8 +194,6 @@ def settle_snapshots(loaded: LoadedManifest, moved: dict[str, str], succeeded: s
     """Drop the set-aside tables of rebuilt snapshots; put back those whose rebuild failed."""
     if not moved:
         return
-    from mage_dbt.refresh.drift import Catalog
-
     with Catalog.open(loaded.ref) as catalog:
         for uid, backup in moved.items():
             node = loaded.nodes[uid]
@@ -218,10 +216,6 @@ def describe_plan(plan: RefreshPlan) -> str:
 
 def resolve_refresh_target(settings, name: str, target: str | None) -> tuple[Pipeline, bool]:
     """`name` as a pipeline (flows/<name>.yaml) if there is one, else as a dbt project: (pipeline, is_file)."""
-    from mage_dbt.errors import PipelineNotFound
-    from mage_dbt.pipelines.pipeline import build_pipeline, load_pipeline
-    from mage_dbt.pipelines.spec import DbtSelection, PipelineSpec, list_pipelines
-
     try:
         return load_pipeline(settings, name, target=target), True
     except PipelineNotFound:
