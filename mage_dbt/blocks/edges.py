@@ -22,8 +22,10 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
-from mage_dbt.blocks.support import RELATION_TYPES, Relations
+from mage_dbt.blocks.python import check_python_block
+from mage_dbt.blocks.support import RELATION_TYPES, Relations, target_for_ref
 from mage_dbt.errors import BlockError
+from mage_dbt.pipelines.spec import dbt_project_ref
 
 TableKey = tuple[str, str]
 # Block options each kind reads (mage_dbt.blocks.python, mage_dbt.blocks.sql). Other keys may
@@ -62,8 +64,6 @@ def infer_edges(settings: Any, spec: Any, blocks: dict[str, Any], loaded: Any,
 
 def analyse_blocks(settings: Any, spec: Any, blocks: dict[str, Any], loaded: Any,
                    target_name: str | None = None) -> dict[str, BlockIO]:
-    from mage_dbt.blocks.python import check_python_block
-
     nodes = loaded.nodes if loaded is not None else {}
     project = loaded.ref.name if loaded is not None else None
     target = _LazyTargetInfo(settings, spec, loaded, target_name)
@@ -82,7 +82,7 @@ def analyse_blocks(settings: Any, spec: Any, blocks: dict[str, Any], loaded: Any
 
 
 def _sql_io(settings, spec, block, nodes, project, target) -> BlockIO:
-    from mage_dbt.blocks.sql import compile_block, preflight_values
+    from mage_dbt.blocks.sql import compile_block, preflight_values  # local: sqlglot only when needed
 
     info = target.get()
     compiled = compile_block(settings, spec.name, block.spec, target=info,
@@ -102,9 +102,7 @@ class _LazyTargetInfo:
 
     def get(self) -> Any:
         if self._info is None:
-            from mage_dbt.blocks.support import target_for_ref
-            from mage_dbt.pipelines.pipeline import dbt_project_ref
-            from mage_dbt.blocks.sql import target_info
+            from mage_dbt.blocks.sql import target_info  # local: sqlglot only for pipelines with SQL blocks
 
             ref = self.loaded.ref if self.loaded is not None else dbt_project_ref(self.settings, self.spec, self.target)
             target = target_for_ref(ref)

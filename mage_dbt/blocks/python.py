@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 from mage_dbt.blocks.runners import BlockEnv, BlockOutcome
 from mage_dbt.blocks.decorators import BLOCK_KINDS, DECORATORS, KIND_ATTR, TEST_KIND
+from mage_dbt.blocks.support import LazyWarehouse, Relation, Relations, block_logger, block_target, detach_logger
 from mage_dbt.errors import BlockError
 
 CONTEXT_KWARGS = (
@@ -209,8 +210,6 @@ def block_functions(namespace: dict[str, Any], label: str) -> tuple[Callable, li
 
 def upstream_value(name: str, env: BlockEnv) -> Any:
     """An upstream output: a dbt block's relation, else the stored output of a Python/SQL block."""
-    from mage_dbt.blocks.support import Relation
-
     pipeline = env.pipeline
     block = pipeline.blocks.get(name)
     if block is not None and block.is_dbt_node and pipeline.manifest is not None:
@@ -223,8 +222,6 @@ def upstream_value(name: str, env: BlockEnv) -> Any:
 
 
 def context_kwargs(block_name: str, env: BlockEnv, warehouse: Any, relations: Any) -> dict[str, Any]:
-    from mage_dbt.blocks.support import block_logger
-
     ctx = env.context
     return {
         "execution_date": ctx.execution_date, "interval_start": ctx.interval_start,
@@ -237,8 +234,6 @@ def context_kwargs(block_name: str, env: BlockEnv, warehouse: Any, relations: An
 
 def run_python_block(block: Any, env: BlockEnv) -> BlockOutcome:
     """Run the block function on its upstream outputs, then its @test functions on the output."""
-    from mage_dbt.blocks.support import LazyWarehouse, Relations, block_target, detach_logger
-
     spec, settings = block.spec, env.settings
     info = check_python_block(settings, env.pipeline.name, spec)
     label = where(settings, spec, info.path)

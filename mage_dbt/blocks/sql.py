@@ -31,8 +31,9 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ErrorLevel, ParseError, TokenError, UnsupportedError
 
+from mage_dbt.blocks.python import block_file, where
 from mage_dbt.blocks.runners import BlockEnv, BlockOutcome
-from mage_dbt.blocks.support import Relations
+from mage_dbt.blocks.support import LazyWarehouse, Relation, Relations, block_target, dialect_of
 from mage_dbt.errors import BlockError
 
 MATERIALIZATIONS = ("table", "view")
@@ -205,16 +206,12 @@ def materialize_statements(compiled: CompiledSql, existing: str | None) -> list[
 
 # -- running ------------------------------------------------------------------------------------------
 def target_info(target: Any) -> TargetInfo:
-    from mage_dbt.blocks.support import dialect_of
-
     return TargetInfo(dialect=dialect_of(target), schema=target.schema, database=target.database)
 
 
 def compile_block(settings: Any, pipeline_name: str, spec: Any, *, target: TargetInfo,
                   values: Mapping[str, Any], nodes: Mapping[str, Any] | None, project: str | None,
                   preflight: bool) -> CompiledSql:
-    from mage_dbt.blocks.python import block_file, where
-
     path = block_file(settings, pipeline_name, spec, ".sql")
     label = where(settings, spec, path)
     return compile_sql(path.read_text(), spec=spec, label=label, target=target, values=values,
@@ -223,9 +220,6 @@ def compile_block(settings: Any, pipeline_name: str, spec: Any, *, target: Targe
 
 def run_sql_block(block: Any, env: BlockEnv) -> BlockOutcome:
     """Run the query (output: DataFrame) or create the relation (output: its name)."""
-    from mage_dbt.blocks.support import LazyWarehouse, block_target
-    from mage_dbt.blocks.python import block_file, where
-
     target = block_target(env.settings, env.pipeline, env.context)
     manifest, ref = env.pipeline.manifest, env.pipeline.dbt_ref
     values = {**env.context.template_values(), "target": target.target_name}
@@ -246,8 +240,6 @@ def run_sql_block(block: Any, env: BlockEnv) -> BlockOutcome:
 
 
 def _materialize(warehouse: Any, compiled: CompiledSql, label: str) -> BlockOutcome:
-    from mage_dbt.blocks.support import Relation
-
     dialect, rel = compiled.target.dialect, compiled.relation
     existing = None
     if dialect != "bigquery":

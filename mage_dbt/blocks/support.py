@@ -21,6 +21,7 @@ import yaml
 
 from mage_dbt.errors import BlockError, ConfigError
 from mage_dbt.dbt.nodes import DbtNode
+from mage_dbt.pipelines.spec import dbt_project_ref
 
 # dbt adapter type -> sqlglot dialect
 DIALECTS = {"duckdb": "duckdb", "postgres": "postgres", "bigquery": "bigquery"}
@@ -141,8 +142,6 @@ def dbt_ref_for(settings: Any, pipeline: Any, target: str | None = None) -> Any:
 
             ref = replace(ref, target=target)
         return ref
-    from mage_dbt.pipelines.pipeline import dbt_project_ref
-
     return dbt_project_ref(settings, pipeline.spec, target)
 
 

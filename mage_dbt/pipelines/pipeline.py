@@ -16,10 +16,12 @@ from typing import Any
 import networkx as nx
 
 from mage_dbt.blocks.block import Block, DbtBlockTranslator
+from mage_dbt.blocks.dbt_command import check_dbt_command_blocks
+from mage_dbt.blocks.edges import infer_edges
 from mage_dbt.context import run_dbt_vars
-from mage_dbt.errors import ConfigError, SelectionError
 from mage_dbt.dbt.manifest import DbtProjectRef, LoadedManifest, load_manifest
-from mage_dbt.pipelines.spec import PipelineSpec, load_pipeline_spec
+from mage_dbt.errors import ConfigError, SelectionError
+from mage_dbt.pipelines.spec import PipelineSpec, dbt_project_ref, load_pipeline_spec, pipeline_path
 from mage_dbt.settings import ProjectSettings
 
 MODEL_ONLY_TYPES = ("model",)
@@ -76,17 +78,6 @@ class Pipeline:
         return out
 
 
-def dbt_project_ref(settings: ProjectSettings, spec: PipelineSpec, target: str | None) -> DbtProjectRef:
-    project = (spec.dbt.project if spec.dbt else None) or settings.file.default_dbt_project
-    return DbtProjectRef(
-        name=project,
-        project_dir=settings.dbt_project_dir(project),
-        profiles_dir=settings.profiles_dir,
-        data_dir=settings.data_dir,
-        target=target or spec.target,
-    )
-
-
 def load_pipeline(
     settings: ProjectSettings,
     name: str,
@@ -118,8 +109,6 @@ def build_pipeline(
     dbt_ref: DbtProjectRef | None = None,
     dbt_vars: dict[str, Any] | None = None,
 ) -> Pipeline:
-    from mage_dbt.blocks.dbt_command import check_dbt_command_blocks
-
     check_dbt_command_blocks(settings, spec, target=target or spec.target)  # pre-flight, before any parse
     translator = translator or DbtBlockTranslator()
     blocks: dict[str, Block] = {}
@@ -213,8 +202,6 @@ def _graph(blocks: dict[str, Block]) -> nx.DiGraph:
 
 
 def _inferred_edges(settings, spec, blocks, loaded, target=None) -> set[tuple[str, str]]:
-    from mage_dbt.blocks.edges import infer_edges
-
     return infer_edges(settings, spec, blocks, loaded, target=target)
 
 
@@ -325,6 +312,4 @@ def for_dbt_vars(pipeline: Pipeline, dbt_vars: dict[str, Any]) -> Pipeline:
 
 
 def pipeline_file(settings: ProjectSettings, name: str) -> Path:
-    from mage_dbt.pipelines.spec import pipeline_path
-
     return pipeline_path(settings.flows_dir, name)

@@ -28,8 +28,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mage_dbt.dbt.manifest import DbtProjectRef
 from mage_dbt.errors import ConfigError, PipelineNotFound
 from mage_dbt.pipelines.schedules import check_cron, check_kind, check_timezone
+from mage_dbt.settings import ProjectSettings
 
 BLOCK_TYPES = ("python", "sql", "dbt_command")
 
@@ -181,3 +183,15 @@ def _line_of(node: Any, loc: list[Any]) -> int:
             break
         node = child
     return line
+
+
+def dbt_project_ref(settings: ProjectSettings, spec: PipelineSpec, target: str | None) -> DbtProjectRef:
+    """The dbt project a pipeline runs: its `dbt: project:` (default: mage_dbt.yaml's), on the run's target."""
+    project = (spec.dbt.project if spec.dbt else None) or settings.file.default_dbt_project
+    return DbtProjectRef(
+        name=project,
+        project_dir=settings.dbt_project_dir(project),
+        profiles_dir=settings.profiles_dir,
+        data_dir=settings.data_dir,
+        target=target or spec.target,
+    )
