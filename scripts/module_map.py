@@ -65,7 +65,12 @@ NEW_MODULES: tuple[str, ...] = (
     "mage_dbt.runs.project_sync",
     "mage_dbt.warehouse.catalog",
     "mage_dbt.deploy.server_process",
+    "mage_dbt.cli.typer_app",
 )
+
+# Names renamed where they moved (not rewritten by the script: fix by hand if a branch uses them):
+# mage_dbt.parse_vars._Recorder/_plain/_sink_call/_is_pure -> mage_dbt.dbt.parse_vars.Recorder/plain/
+# sink_call/is_pure; the module global _ACTIVE -> mage_dbt.dbt.parse_vars.ACTIVE.recorder.
 
 _FLOW_IMPL = "mage_dbt.runs.pipeline_run"
 _SYNC_IMPL = "mage_dbt.runs.project_sync"
@@ -82,7 +87,7 @@ SYMBOLS: dict[tuple[str, str], str] = {
     **{("mage_dbt.sync_flow", name): _SYNC_IMPL for name in (
         "COMMIT_TAG", "REF_TAG", "SYNC_FAILED_TAG", "LOG", "DbtProjectHooks", "worktree_commit", "SyncOutcome",
         "sync_one", "sync_repositories", "RunProject", "synced_repository", "prepare_run_project",
-        "_checkout_for_run", "record_commit", "run_info", "_tag_flow_run", "sync_flow_body",
+        "_checkout_for_run", "record_commit", "run_info", "_tag_flow_run", "run_sync",
     )},
     ("mage_dbt.pipelines.pipeline", "dbt_project_ref"): "mage_dbt.pipelines.spec",
     **{("mage_dbt.deploy.schedules", name): "mage_dbt.pipelines.schedules" for name in (
@@ -92,11 +97,14 @@ SYMBOLS: dict[tuple[str, str], str] = {
         "Catalog", "ProbeError", "UnsupportedWarehouse", "target_config", "Columns", "SUPPORTED", "_quote",
     )},
     ("mage_dbt.backfill.flow", "BACKFILL_FLOW_NAME"): "mage_dbt.backfill.state",
+    ("mage_dbt.cli", "app"): "mage_dbt.cli.typer_app",
     **{("mage_dbt.dbt.parse_vars", name): "mage_dbt.dbt.parse_patches" for name in (
-        "tracing", "traced_concat", "LOG_ONLY", "DISCARDING_RENDERS",
+        "tracing", "traced_concat", "LOG_ONLY", "DISCARDING_RENDERS", "_var_call", "_has_var", "_env_call",
+        "_unchecked", "_passes_through", "_wrap_jinja_function", "_environment_init", "_str_join",
+        "_template_render", "_discarding_caller",
     )},
     **{("mage_dbt.deploy.local_server", name): "mage_dbt.deploy.server_process" for name in (
-        "supervise", "_idle_stop", "_stop_server", "_die_with_parent",
+        "supervise", "_idle_stop", "_stop_server", "_die_with_parent", "SUPERVISOR_MODULE", "SUPERVISOR_MARKERS",
     )},
 }
 

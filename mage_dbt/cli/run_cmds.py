@@ -37,9 +37,9 @@ def run(
     spec = load_pipeline_spec(settings.flows_dir, pipeline)
     when = parse_execution_date(execution_date, spec.timezone)
     # Pre-flight outside the flow: a bad target, selector or project fails here, before any run exists.
-    # sync_on_run / --ref first bring the dbt project revision the flow will use (mage_dbt.sync_flow).
+    # sync_on_run / --ref first bring the dbt project revision the flow will use (mage_dbt.runs.project_sync).
     from mage_dbt.cli.sync_cmds import ConsoleLog
-    from mage_dbt.sync_flow import prepare_run_project
+    from mage_dbt.runs.project_sync import prepare_run_project
 
     project = prepare_run_project(settings, pipeline, ref=ref, target=target, log=ConsoleLog())
     from mage_dbt.context import run_dbt_vars

@@ -42,7 +42,7 @@ def sync(
     project parses; `dbt deps` runs only when packages.yml / package-lock.yml / dependencies.yml
     changed. Any failure leaves the previous revision in use.
     """
-    from mage_dbt.sync_flow import sync_repositories
+    from mage_dbt.runs.project_sync import sync_repositories
 
     settings = settings_for(project_dir)
     sync_repositories(settings, name, ref, force, report=ConsoleLog().info)

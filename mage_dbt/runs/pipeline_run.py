@@ -27,10 +27,10 @@ from mage_dbt.pipelines.spec import load_pipeline_spec
 from mage_dbt.refresh.drift import plan_run_refresh
 from mage_dbt.runs.heartbeats import flow_run_heartbeats
 from mage_dbt.runs.history import RETRY_TAG
+from mage_dbt.runs.project_sync import prepare_run_project, record_commit
 from mage_dbt.runs.runner import PipelineRunner, RunSummary
 from mage_dbt.runs.task_runs import TaskRunReporter
 from mage_dbt.settings import ProjectSettings, load_settings
-from mage_dbt.sync_flow import prepare_run_project, record_commit
 
 
 def scheduled_time() -> datetime:
