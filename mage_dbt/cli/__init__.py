@@ -24,20 +24,11 @@ import typer
 from rich.markup import escape
 
 from mage_dbt.cli.console import console, err_console
+from mage_dbt.cli.typer_app import app
 from mage_dbt.errors import FileSystemError, MageDbtError
 
-DEBUG_ENV = "MAGE_DBT_DEBUG"
-
-app = typer.Typer(
-    name="mage-dbt",
-    help="Run dbt projects with Python and SQL blocks as Prefect flows.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-# Each module registers its commands on `app` when imported.
-from mage_dbt.cli import (  # noqa: E402,F401
+# Each module registers its commands on `app` (cli/typer_app.py) when imported.
+from mage_dbt.cli import (  # noqa: F401
     backfill_cmds,
     deploy_cmds,
     output_cmds,
@@ -47,6 +38,8 @@ from mage_dbt.cli import (  # noqa: E402,F401
     run_cmds,
     sync_cmds,
 )
+
+DEBUG_ENV = "MAGE_DBT_DEBUG"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -32,9 +32,9 @@ from mage_dbt.backfill.plan import (
     save_plan,
     size_refusal,
 )
-from mage_dbt.cli import app
 from mage_dbt.cli.console import console
 from mage_dbt.cli.options import ProjectDir, Target, settings_for
+from mage_dbt.cli.typer_app import app
 from mage_dbt.dates import Interval
 from mage_dbt.errors import BackfillError
 from mage_dbt.blocks.outputs import check_data_dir

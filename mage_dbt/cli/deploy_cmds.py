@@ -10,9 +10,9 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from mage_dbt.cli import app
 from mage_dbt.cli.console import console
 from mage_dbt.cli.options import ProjectDir, Target, settings_for
+from mage_dbt.cli.typer_app import app
 from mage_dbt.errors import ConfigError
 
 Pipelines = typer.Argument(None, help="Pipeline names (flows/<name>.yaml); default: every pipeline.")

@@ -8,9 +8,9 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from mage_dbt.cli import app
 from mage_dbt.cli.console import console
 from mage_dbt.cli.options import ProjectDir, Target, settings_for
+from mage_dbt.cli.typer_app import app
 from mage_dbt.pipelines.pipeline import load_pipeline
 from mage_dbt.pipelines.spec import list_pipelines
 

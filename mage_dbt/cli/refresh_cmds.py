@@ -12,9 +12,9 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from mage_dbt.cli import app
 from mage_dbt.cli.console import console
 from mage_dbt.cli.options import ProjectDir, Target, parse_vars, settings_for
+from mage_dbt.cli.typer_app import app
 from mage_dbt.dates import parse_execution_date
 from mage_dbt.blocks.outputs import check_data_dir
 

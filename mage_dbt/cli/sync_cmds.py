@@ -13,9 +13,9 @@ from typing import Optional
 
 import typer
 
-from mage_dbt.cli import app
 from mage_dbt.cli.console import console, err_console
 from mage_dbt.cli.options import ProjectDir, settings_for
+from mage_dbt.cli.typer_app import app
 
 
 class ConsoleLog:
