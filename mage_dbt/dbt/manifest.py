@@ -30,7 +30,8 @@ from mage_dbt.errors import DbtProjectError, SelectionError
 from mage_dbt.dbt.manifest_pickle import FORMAT as PICKLE_FORMAT
 from mage_dbt.dbt.manifest_pickle import dumps as pickle_dumps
 from mage_dbt.dbt.nodes import DbtNode, nodes_from_manifest_dict
-from mage_dbt.dbt.parse_vars import ParseDependencies, TraceEscaped, pin_traced, tracing
+from mage_dbt.dbt.parse_patches import tracing
+from mage_dbt.dbt.parse_vars import ParseDependencies, TraceEscaped, pin_traced
 
 LOG = logging.getLogger("mage_dbt.manifest")
 CACHE_LAYOUT = "parse-deps-v1"  # part of the key: caches laid out another way are not reused
