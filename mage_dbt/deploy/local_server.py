@@ -13,7 +13,7 @@ start and stop for every command. Its files, all in PREFECT_HOME:
 - `mage_dbt_server.clients` shared flock held by each command that uses the server, for its life
 - `mage_dbt_server.used`    its modification time is the last use
 
-A small supervisor process (`python -m mage_dbt.deploy.local_server supervise CONFIG`) owns the server
+A small supervisor process (`mage_dbt.deploy.server_process`) owns the server
 process: it stops it when it has been idle for MAGE_DBT_LOCAL_SERVER_IDLE_MINUTES (default 30) —
 idle meaning no command holds the clients lock and none started since — and removes the record.
 
@@ -28,19 +28,20 @@ import contextlib
 import fcntl
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 import warnings
-from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional
 
+from mage_dbt.deploy.server_process import (
+    HOST, SUPERVISOR_MARKERS, SUPERVISOR_MODULE, SUPERVISOR_SAYS, Paths, ServerRecord, _alive, _is_ours,
+    _remove_record_of, _terminate, _touch, read_record,
+)
 from mage_dbt.errors import MageDbtError
 
 ENABLED_ENV = "MAGE_DBT_LOCAL_SERVER"
@@ -49,13 +50,6 @@ START_TIMEOUT_ENV = "MAGE_DBT_LOCAL_SERVER_START_TIMEOUT"
 PORT_ENV = "MAGE_DBT_LOCAL_SERVER_PORT"
 DEFAULT_IDLE_MINUTES = 30.0
 DEFAULT_START_TIMEOUT = 180.0
-HOST = "127.0.0.1"
-RECORD_NAME = "mage_dbt_server.json"
-LOG_NAME = "mage_dbt_server.log"
-START_LOCK_NAME = "mage_dbt_server.lock"
-CLIENTS_LOCK_NAME = "mage_dbt_server.clients"
-USED_NAME = "mage_dbt_server.used"
-SUPERVISOR_SAYS = "mage_dbt local server supervisor:"
 FIX_HINT = (
     "set PREFECT_API_URL to a running Prefect server (e.g. one started with `mage-dbt server`), "
     f"or {ENABLED_ENV}=0 for a temporary server per command; the log may say more"
@@ -64,48 +58,6 @@ FIX_HINT = (
 
 class LocalServerError(MageDbtError):
     """The local Prefect server could not be started or reached."""
-
-
-@dataclass(frozen=True)
-class ServerRecord:
-    """What `mage_dbt_server.json` says about the running local server."""
-
-    pid: int  # the `prefect server start` process
-    supervisor_pid: int
-    port: int
-    url: str  # the API URL (…/api)
-    log: str
-    started_at: str
-    idle_minutes: float
-
-    @property
-    def ui_url(self) -> str:
-        return self.url[: -len("/api")]
-
-
-@dataclass(frozen=True)
-class Paths:
-    home: Path
-
-    @property
-    def record(self) -> Path:
-        return self.home / RECORD_NAME
-
-    @property
-    def log(self) -> Path:
-        return self.home / LOG_NAME
-
-    @property
-    def start_lock(self) -> Path:
-        return self.home / START_LOCK_NAME
-
-    @property
-    def clients_lock(self) -> Path:
-        return self.home / CLIENTS_LOCK_NAME
-
-    @property
-    def used(self) -> Path:
-        return self.home / USED_NAME
 
 
 # The clients lock this process holds while it uses the server (released by the kernel at exit).
@@ -202,7 +154,7 @@ def _find_or_start(paths: Paths, announce: Callable[[str], None]) -> ServerRecor
         # Another command may have started it (or still be starting it) while we waited.
         record = read_record(paths)
         if record is not None:
-            if _is_ours(record.supervisor_pid, "mage_dbt.deploy.local_server") or _is_ours(record.pid, "prefect"):
+            if _is_ours(record.supervisor_pid, SUPERVISOR_MARKERS) or _is_ours(record.pid, "prefect"):
                 alive = lambda: _alive(record.supervisor_pid) or _alive(record.pid)  # noqa: E731
                 if _wait_healthy(record.url, time.monotonic() + start_timeout(), alive):
                     return record
@@ -229,7 +181,7 @@ def _start(paths: Paths, announce: Callable[[str], None]) -> ServerRecord:
                 return record
         code = supervisor.poll()
         if code is None:  # alive but not healthy in time: stop it before saying so
-            _terminate(supervisor.pid, "mage_dbt.deploy.local_server")
+            _terminate(supervisor.pid, SUPERVISOR_MARKERS)
             _remove_record_of(paths, supervisor.pid)
             raise LocalServerError(
                 f"the local Prefect server did not answer within {timeout:g} s "
@@ -270,7 +222,7 @@ def _spawn_supervisor(paths: Paths, port: int, idle: float) -> subprocess.Popen:
     _touch(paths.used)
     with open(paths.log, "wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "mage_dbt.deploy.local_server", "supervise", json.dumps(config)],
+            [sys.executable, "-m", SUPERVISOR_MODULE, "supervise", json.dumps(config)],
             env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, close_fds=True,
         )
@@ -300,14 +252,6 @@ def _to_stderr(line: str) -> None:
 # ---------------------------------------------------------------- status and stop
 
 
-def read_record(paths: Paths) -> Optional[ServerRecord]:
-    try:
-        raw = json.loads(paths.record.read_text())
-        return ServerRecord(**{k: raw[k] for k in ServerRecord.__dataclass_fields__})
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1 never goes via a proxy
 
 
@@ -335,7 +279,7 @@ def stop(home: Path | None = None) -> Optional[ServerRecord]:
         record = read_record(paths)
         if record is None:
             return None
-        running = _is_ours(record.supervisor_pid, "mage_dbt.deploy.local_server") or _is_ours(record.pid, "prefect")
+        running = _is_ours(record.supervisor_pid, SUPERVISOR_MARKERS) or _is_ours(record.pid, "prefect")
         _stop_record(paths, record)
         return record if running else None
 
@@ -348,55 +292,10 @@ def last_used(paths: Paths) -> Optional[datetime]:
 
 def _stop_record(paths: Paths, record: ServerRecord) -> None:
     """Stop the supervisor (it stops its server); stop the server directly if the supervisor is gone."""
-    _terminate(record.supervisor_pid, "mage_dbt.deploy.local_server")
+    _terminate(record.supervisor_pid, SUPERVISOR_MARKERS)
     _terminate(record.pid, "prefect")
     with contextlib.suppress(FileNotFoundError):
         paths.record.unlink()
-
-
-def _terminate(pid: int, marker: str, timeout: float = 30.0) -> None:
-    """SIGTERM `pid` if it is still the process we started (its command line has `marker`),
-    then wait for it to end (SIGKILL after `timeout`)."""
-    if not _is_ours(pid, marker):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while _alive(pid):
-        if time.monotonic() > deadline:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            break
-        time.sleep(0.1)  # polling a process we do not own (no wait() possible)
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError):  # an exited child not yet reaped still answers kill(pid, 0)
-        with open(f"/proc/{pid}/stat") as stat:
-            if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
-                return False
-    return True
-
-
-def _is_ours(pid: int, marker: str) -> bool:
-    """Whether `pid` is alive and still runs our command (a recorded pid may have been reused)."""
-    if not _alive(pid):
-        return False
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            return marker.encode() in cmdline.read()
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc (macOS): trust the pid
-        return True
 
 
 def _wait_healthy(url: str, deadline: float, alive: Callable[[], bool]) -> bool:
@@ -407,13 +306,6 @@ def _wait_healthy(url: str, deadline: float, alive: Callable[[], bool]) -> bool:
         if not alive() or time.monotonic() > deadline:
             return False
         time.sleep(0.2)  # polling interval while the server starts
-
-
-def _remove_record_of(paths: Paths, supervisor_pid: int) -> None:
-    record = read_record(paths)
-    if record is not None and record.supervisor_pid == supervisor_pid:
-        with contextlib.suppress(FileNotFoundError):
-            paths.record.unlink()
 
 
 def _last_log_line(log: Path) -> str:
@@ -445,101 +337,3 @@ def _flock(path: Path, mode: int):
         os.close(fd)
 
 
-def _touch(path: Path) -> None:
-    path.touch()
-    os.utime(path)
-
-
-# ---------------------------------------------------------------- the supervisor process
-
-
-def supervise(config: dict) -> int:
-    """Run the server; stop it when idle for `idle_minutes` or on SIGTERM; keep the record true."""
-    paths = Paths(Path(config["home"]))
-    idle_seconds = float(config["idle_minutes"]) * 60
-    poll = min(30.0, max(0.5, idle_seconds / 10)) if idle_seconds else 30.0
-    stopping = threading.Event()
-    server = subprocess.Popen(config["argv"], stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
-
-    def on_signal(*_):
-        stopping.set()
-        with contextlib.suppress(OSError):
-            server.terminate()
-
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, on_signal)
-    port = int(config["port"])
-    record = ServerRecord(
-        pid=server.pid, supervisor_pid=os.getpid(), port=port, url=f"http://{HOST}:{port}/api",
-        log=str(paths.log), started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        idle_minutes=float(config["idle_minutes"]),
-    )
-    tmp = paths.record.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(asdict(record), indent=2))
-    os.replace(tmp, paths.record)
-    reason = "stopped"
-    while not stopping.is_set():
-        try:
-            server.wait(timeout=poll)  # returns at once when the server ends (or is told to)
-        except subprocess.TimeoutExpired:
-            if idle_seconds and _idle_stop(paths, server, idle_seconds):
-                reason = f"idle for {config['idle_minutes']:g} min"
-                break
-            continue
-        if not stopping.is_set():
-            reason = f"the server exited with code {server.returncode}"
-        break
-    _stop_server(server)
-    _remove_record_of(paths, os.getpid())
-    print(f"{SUPERVISOR_SAYS} {reason}; server stopped", flush=True)
-    return 0
-
-
-def _idle_stop(paths: Paths, server: subprocess.Popen, idle_seconds: float) -> bool:
-    """Stop the server if no command uses it and none started for `idle_seconds`. A command that
-    holds the clients lock counts as use; while we hold it exclusively no command can start using
-    the server, so the record goes away before anyone could pick the dying server."""
-    fd = os.open(paths.clients_lock, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            _touch(paths.used)  # in use now: the idle time counts from the end of that use
-            return False
-        try:
-            used = paths.used.stat().st_mtime
-        except FileNotFoundError:
-            used = 0.0
-        if time.time() - used < idle_seconds:
-            return False
-        _remove_record_of(paths, os.getpid())
-        _stop_server(server)
-        return True
-    finally:
-        os.close(fd)
-
-
-def _stop_server(server: subprocess.Popen) -> None:
-    if server.poll() is not None:
-        return
-    server.terminate()
-    try:
-        server.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
-
-
-def _die_with_parent() -> None:
-    """In the server process: get SIGTERM when the supervisor dies (Linux), so no orphan server."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "supervise":
-        sys.exit(supervise(json.loads(sys.argv[2])))
-    print("usage: python -m mage_dbt.deploy.local_server supervise CONFIG_JSON", file=sys.stderr)
-    sys.exit(2)
