@@ -15,7 +15,8 @@ after they are merged. What it rewrites:
   patch targets (`"mage_dbt.manifest.load_manifest"`), `module:attr` strings, `python -m` lines,
   docstrings; and paths `mage_dbt/<old>.py`.
 
-Not rewritten: lines that name a logger (`getLogger(`): logger names are user-visible and stay.
+Not rewritten: lines that name a logger (`getLogger(`): logger names are user-visible and stay;
+lines marked `# rewrite_imports: keep` (an old name on purpose).
 `mage_dbt.blocks` / `mage_dbt.deploy` were modules and are packages now; a bare reference to them
 (no attribute after it) outside an import statement is ambiguous and left alone.
 """
@@ -40,6 +41,7 @@ SELF = {Path(__file__).resolve(), (Path(__file__).resolve().parent / "module_map
 DOTTED = re.compile(r"(?<![\w./-])mage_dbt(?:\.[A-Za-z_]\w*)+(?::[A-Za-z_]\w*)?")
 PATH = re.compile(r"(?<![\w./-])mage_dbt/([A-Za-z_]\w*)\.py\b")
 LINE_LIMIT = 118
+KEEP = "rewrite_imports: keep"  # a line with this comment names an old module on purpose
 
 
 # ---------------------------------------------------------------- names
@@ -104,7 +106,7 @@ def rewrite_path(match: re.Match) -> str:
 def rewrite_text(text: str) -> str:
     out = []
     for line in text.splitlines(keepends=True):
-        if "mage_dbt" in line and "getLogger(" not in line:
+        if "mage_dbt" in line and "getLogger(" not in line and KEEP not in line:
             line = DOTTED.sub(lambda m: rewrite_dotted(m.group(0)), line)
             line = PATH.sub(rewrite_path, line)
         out.append(line)

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import typer
 
-from mage_dbt.cli import app
+from mage_dbt.cli.typer_app import app
 from tests.conftest import REPO, cli, copy_project
 
 BIN = Path(sys.executable).parent

@@ -8,8 +8,8 @@ command holds the clients lock and none started since — or on SIGTERM, and rem
 The server gets SIGTERM when its supervisor dies (Linux), so no orphan server is left.
 
 A recorded pid may have been reused: `_is_ours` checks the process's command line for a marker.
-Supervisors started by mage_dbt before its modules moved run `-m mage_dbt.local_server`, which
-`SUPERVISOR_MARKERS` still recognises.
+Supervisors started by mage_dbt before its modules moved (the module was then `local_server`) are
+still recognised (`SUPERVISOR_MARKERS`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ CLIENTS_LOCK_NAME = "mage_dbt_server.clients"
 USED_NAME = "mage_dbt_server.used"
 SUPERVISOR_SAYS = "mage_dbt local server supervisor:"
 SUPERVISOR_MODULE = "mage_dbt.deploy.server_process"
-SUPERVISOR_MARKERS = (SUPERVISOR_MODULE, "mage_dbt.local_server")  # the second: started before the move
+SUPERVISOR_MARKERS = (SUPERVISOR_MODULE, "mage_dbt.local_server")  # started before the move; rewrite_imports: keep
 
 
 @dataclass(frozen=True)
