@@ -180,8 +180,8 @@ def test_run_target_owns_target_but_a_block_may_pick_one_when_the_run_sets_none(
 
 
 def test_dbt_args_put_the_run_first_and_merge_vars(demo_project):
-    from mage_dbt.context import make_context
     from mage_dbt.blocks.dbt_command import dbt_args, parse_command
+    from mage_dbt.context import make_context
     from mage_dbt.dbt.manifest import DbtProjectRef
 
     ref = DbtProjectRef(name="demo", project_dir=demo_project, profiles_dir=demo_project,

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from mage_dbt.dbt.manifest import ManifestCache
-from mage_dbt.pipelines.spec import dbt_project_ref
 from mage_dbt.pipelines.pipeline import load_pipeline
+from mage_dbt.pipelines.spec import dbt_project_ref
 from mage_dbt.pipelines.spec import load_pipeline_spec
 from mage_dbt.settings import load_settings
 

@@ -16,8 +16,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from mage_dbt.errors import MageDbtError
 from mage_dbt.blocks.outputs import OutputNotFound, OutputStore, find_output, list_runs, prune_runs
+from mage_dbt.errors import MageDbtError
 from tests.conftest import cli
 from tests.support.block_pipelines import statuses, summary, write_pipeline
 

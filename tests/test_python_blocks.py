@@ -9,8 +9,8 @@ import inspect
 import pyarrow as pa
 import pytest
 
-from mage_dbt.errors import BlockError
 from mage_dbt.blocks.python import CONTEXT_KWARGS, analyse_python_file, check_call, keyword_names
+from mage_dbt.errors import BlockError
 from tests.conftest import cli
 from tests.support.block_pipelines import (
     duckdb_query, one_line_error, states, statuses, summary, task_run_logs, write_pipeline,

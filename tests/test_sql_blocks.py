@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-from mage_dbt.blocks.support import Relations
-from mage_dbt.errors import BlockError
-from mage_dbt.dbt.nodes import DbtNode
-from mage_dbt.pipelines.spec import BlockSpec
 from mage_dbt.blocks.sql import TargetInfo, compile_sql, materialize_statements
+from mage_dbt.blocks.support import Relations
+from mage_dbt.dbt.nodes import DbtNode
+from mage_dbt.errors import BlockError
+from mage_dbt.pipelines.spec import BlockSpec
 from tests.conftest import cli
 from tests.support import postgres
 from tests.support.block_pipelines import duckdb_query, one_line_error, statuses, summary, write_pipeline

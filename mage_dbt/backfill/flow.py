@@ -46,8 +46,8 @@ from mage_dbt.backfill.state import BACKFILL_FLOW_NAME, COMPLETED, count_statuse
 from mage_dbt.dates import Interval
 from mage_dbt.errors import BackfillError
 from mage_dbt.flows import pipeline_flow
-from mage_dbt.runs.heartbeats import engine_heartbeats_off
 from mage_dbt.pipelines.pipeline import load_pipeline
+from mage_dbt.runs.heartbeats import engine_heartbeats_off
 from mage_dbt.settings import ProjectSettings, load_settings
 
 DBT_WRITE_JSON = "DBT_WRITE_JSON"

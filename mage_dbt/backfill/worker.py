@@ -24,9 +24,9 @@ def run_job(config: dict[str, Any], job: dict[str, Any], emit) -> dict[str, Any]
     from prefect.flow_engine import run_flow
     from prefect.states import Pending
 
-    from mage_dbt.runs.heartbeats import engine_heartbeats_off
     from mage_dbt.dates import parse_execution_date
     from mage_dbt.flows import pipeline_flow
+    from mage_dbt.runs.heartbeats import engine_heartbeats_off
 
     parameters = {
         "pipeline": config["pipeline"],

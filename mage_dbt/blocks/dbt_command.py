@@ -287,10 +287,10 @@ def dbt_args(command: DbtCommand, ref: Any, context: Any) -> list[str]:
 
 def run_dbt_command_block(block: Any, env: Any) -> Any:
     """Block runner for kind `dbt_command` (registered in mage_dbt.blocks.runners)."""
-    from mage_dbt.blocks.runners import BlockOutcome
     from mage_dbt.blocks.dbt_command_output import (
         OutputEvents, failed_nodes, failure_text, headline, report, summarize,
     )
+    from mage_dbt.blocks.runners import BlockOutcome
     from mage_dbt.dbt.invocation import invoke_dbt
 
     context = env.context

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from mage_dbt.blocks.runners import BlockEnv, BlockOutcome
 from mage_dbt.blocks.decorators import BLOCK_KINDS, DECORATORS, KIND_ATTR, TEST_KIND
+from mage_dbt.blocks.runners import BlockEnv, BlockOutcome
 from mage_dbt.blocks.support import LazyWarehouse, Relation, Relations, block_logger, block_target, detach_logger
 from mage_dbt.errors import BlockError
 

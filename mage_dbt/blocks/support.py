@@ -19,8 +19,8 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
-from mage_dbt.errors import BlockError, ConfigError
 from mage_dbt.dbt.nodes import DbtNode
+from mage_dbt.errors import BlockError, ConfigError
 from mage_dbt.pipelines.spec import dbt_project_ref
 
 # dbt adapter type -> sqlglot dialect

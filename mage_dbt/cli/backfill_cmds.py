@@ -32,12 +32,12 @@ from mage_dbt.backfill.plan import (
     save_plan,
     size_refusal,
 )
+from mage_dbt.blocks.outputs import check_data_dir
 from mage_dbt.cli.console import console
 from mage_dbt.cli.options import ProjectDir, Target, settings_for
 from mage_dbt.cli.typer_app import app
 from mage_dbt.dates import Interval
 from mage_dbt.errors import BackfillError
-from mage_dbt.blocks.outputs import check_data_dir
 from mage_dbt.settings import PROJECT_DIR_ENV, ProjectSettings
 
 # A dry run lists every interval up to this many; longer ones show the first and last few.

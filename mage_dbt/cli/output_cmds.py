@@ -13,9 +13,9 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from mage_dbt.blocks.outputs import find_output, read_output
 from mage_dbt.cli.console import console
 from mage_dbt.cli.options import ProjectDir, settings_for
-from mage_dbt.blocks.outputs import find_output, read_output
 from mage_dbt.cli.typer_app import app
 
 

@@ -12,11 +12,11 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from mage_dbt.blocks.outputs import check_data_dir
 from mage_dbt.cli.console import console
 from mage_dbt.cli.options import ProjectDir, Target, parse_vars, settings_for
 from mage_dbt.cli.typer_app import app
 from mage_dbt.dates import parse_execution_date
-from mage_dbt.blocks.outputs import check_data_dir
 
 STATE_STYLE = {"up to date": "green", "drifted": "bold red", "not built": "yellow", "unknown": "magenta",
                "COMPLETED": "green", "FAILED": "bold red"}
@@ -76,8 +76,8 @@ def status(
     from datetime import datetime, timezone
 
     from mage_dbt.context import make_context
-    from mage_dbt.refresh.drift import detect_drift
     from mage_dbt.pipelines.pipeline import load_pipeline
+    from mage_dbt.refresh.drift import detect_drift
 
     from mage_dbt.pipelines.spec import load_pipeline_spec
 
@@ -117,10 +117,10 @@ def rebuild(
     project_dir: Optional[Path] = ProjectDir,
 ) -> int:
     """Full-refresh the selected incremental models for --start, then run them for each date to --end."""
-    from mage_dbt.refresh.full_refresh import plan_full_refresh
     from mage_dbt.pipelines.pipeline import load_pipeline
-    from mage_dbt.runs.prefect_setup import run_flow_quietly
+    from mage_dbt.refresh.full_refresh import plan_full_refresh
     from mage_dbt.refresh.rebuild import rebuild_dates, rebuild_flow
+    from mage_dbt.runs.prefect_setup import run_flow_quietly
 
     settings = settings_for(project_dir)
     check_data_dir(settings.data_dir)

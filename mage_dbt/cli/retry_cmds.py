@@ -7,9 +7,9 @@ from typing import Optional
 
 import typer
 
+from mage_dbt.blocks.outputs import check_data_dir
 from mage_dbt.cli.console import console
 from mage_dbt.cli.options import ProjectDir, settings_for
-from mage_dbt.blocks.outputs import check_data_dir
 from mage_dbt.cli.typer_app import app
 
 

@@ -8,11 +8,11 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from mage_dbt.blocks.outputs import check_data_dir
 from mage_dbt.cli.console import console
 from mage_dbt.cli.options import ProjectDir, Target, parse_vars, settings_for
 from mage_dbt.cli.typer_app import app
 from mage_dbt.dates import parse_execution_date
-from mage_dbt.blocks.outputs import check_data_dir
 from mage_dbt.pipelines.pipeline import load_pipeline
 from mage_dbt.pipelines.spec import load_pipeline_spec
 
@@ -46,8 +46,8 @@ def run(
 
     load_pipeline(settings, pipeline, target=target, select=select, dbt_ref=project.dbt_ref,
                   dbt_vars=run_dbt_vars(spec, when, parse_vars(var)))
-    from mage_dbt.runs.prefect_setup import run_flow_quietly
     from mage_dbt.flows import pipeline_flow
+    from mage_dbt.runs.prefect_setup import run_flow_quietly
 
     summary = run_flow_quietly(
         pipeline_flow,

@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from mage_dbt.dbt.invocation import dbt_lock, error_text, invoke_dbt, working_directory
-from mage_dbt.errors import DbtProjectError, SelectionError
 from mage_dbt.dbt.manifest_pickle import FORMAT as PICKLE_FORMAT
 from mage_dbt.dbt.manifest_pickle import dumps as pickle_dumps
 from mage_dbt.dbt.nodes import DbtNode, nodes_from_manifest_dict
 from mage_dbt.dbt.parse_patches import tracing
 from mage_dbt.dbt.parse_vars import ParseDependencies, TraceEscaped, pin_traced
+from mage_dbt.errors import DbtProjectError, SelectionError
 
 LOG = logging.getLogger("mage_dbt.manifest")
 CACHE_LAYOUT = "parse-deps-v1"  # part of the key: caches laid out another way are not reused

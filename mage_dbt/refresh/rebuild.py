@@ -22,10 +22,10 @@ from mage_dbt.context import make_context
 from mage_dbt.dates import intervals_between
 from mage_dbt.errors import MageDbtError
 from mage_dbt.flows import pipeline_flow
+from mage_dbt.pipelines.pipeline import load_pipeline, restrict
 from mage_dbt.refresh.full_refresh import plan_full_refresh, resolve_refresh_target
 from mage_dbt.runs.heartbeats import flow_run_heartbeats
 from mage_dbt.runs.pipeline_run import run_and_report, scheduled_time
-from mage_dbt.pipelines.pipeline import load_pipeline, restrict
 from mage_dbt.settings import load_settings
 
 REBUILD_FLOW = "mage-dbt-rebuild"

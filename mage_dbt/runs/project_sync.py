@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any, Callable
 from prefect import get_run_logger
 from prefect.states import Failed
 
-from mage_dbt.errors import ConfigError, DbtProjectError, FileSystemError, GitSyncError, MageDbtError
 from mage_dbt.dbt.manifest import DbtProjectRef
+from mage_dbt.errors import ConfigError, DbtProjectError, FileSystemError, GitSyncError, MageDbtError
 from mage_dbt.settings import ProjectSettings, load_settings
 
 COMMIT_TAG = "dbt-commit:"

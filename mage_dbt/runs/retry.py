@@ -23,9 +23,7 @@ from mage_dbt.errors import ConfigError
 from mage_dbt.flows import pipeline_flow
 from mage_dbt.pipelines.pipeline import load_pipeline
 from mage_dbt.pipelines.spec import load_pipeline_spec
-from mage_dbt.runs.history import (
-    BlockState, PastRun, block_states, latest_unretried_failure, read_run, retry_tags,
-)
+from mage_dbt.runs.history import BlockState, PastRun, block_states, latest_unretried_failure, read_run, retry_tags
 from mage_dbt.runs.prefect_setup import run_flow_quietly
 from mage_dbt.settings import ProjectSettings
 

@@ -17,17 +17,17 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mage_dbt.blocks.runners import BlockEnv, run_block
 from mage_dbt.blocks.block import through_ephemeral
+from mage_dbt.blocks.outputs import OutputStore
+from mage_dbt.blocks.runners import BlockEnv, run_block
 from mage_dbt.context import RunContext
 from mage_dbt.dbt.executor import DbtExecutor, InProcessDbtExecutor
 from mage_dbt.dbt.invocation import NodeResult, count_invocations
 from mage_dbt.dbt.manifest import prune_target_folders
-from mage_dbt.refresh.full_refresh import invocation_phases, set_aside_snapshots, settle_snapshots, snapshot_ids
-from mage_dbt.blocks.outputs import OutputStore
 from mage_dbt.pipelines.pipeline import Pipeline, Unit
-from mage_dbt.settings import ProjectSettings
+from mage_dbt.refresh.full_refresh import invocation_phases, set_aside_snapshots, settle_snapshots, snapshot_ids
 from mage_dbt.runs.task_runs import TaskRunReporter
+from mage_dbt.settings import ProjectSettings
 
 LOG = logging.getLogger("mage_dbt.runner")
 
