@@ -15,13 +15,14 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
-from prefect.states import Completed, Failed
+from prefect.states import Cancelled, Completed, Failed
 
 from mage_dbt.context import make_context
 from mage_dbt.heartbeats import flow_run_heartbeats
 from mage_dbt.pipeline import for_dbt_vars, load_pipeline
 from mage_dbt.pipeline_spec import load_pipeline_spec
 from mage_dbt.retry import retry_outputs
+from mage_dbt.run_guard import INTERRUPTED, guarded
 from mage_dbt.runner import PipelineRunner, RunSummary
 from mage_dbt.settings import load_settings
 from mage_dbt.task_runs import TaskRunReporter
@@ -76,11 +77,18 @@ def pipeline_flow(
         check_drift: Compare incremental models' columns with their tables first and apply the
             pipeline's on_drift setting (fail, full_refresh or warn).
     """
+    settings = load_settings()
+    return guarded(settings.data_dir, lambda: _run_pipeline(  # process lock; Ctrl-C -> Cancelled
+        settings, pipeline, execution_date, full_refresh, select, target, vars, ref, full_refresh_select,
+        check_drift))
+
+
+def _run_pipeline(settings, pipeline, execution_date, full_refresh, select, target, vars, ref,
+                  full_refresh_select, check_drift):
     with flow_run_heartbeats():  # Prefect's own are off when run in-process (heartbeats.py)
         logger = get_run_logger()
         ctx = FlowRunContext.get()
         run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else "local"
-        settings = load_settings()
         from mage_dbt.sync_flow import prepare_run_project, record_commit
 
         project = prepare_run_project(settings, pipeline, ref=ref, target=target, log=logger)  # sync_on_run / ref
@@ -130,6 +138,10 @@ def run_and_report(settings, resolved, context, logger, **runner_options):
     _write_summary(settings, context.run_id, summary)
     # One log record for the whole table: one row per block would be hundreds of log rows to store.
     logger.info("%d blocks:\n%s", len(summary.results), "\n".join(summary_lines(summary)))
+    if summary.interrupted:
+        cancelled = summary.names("cancelled")
+        return Cancelled(message=f"{INTERRUPTED}: {len(cancelled)} block(s) cancelled, "
+                         f"{len(summary.names('success'))} succeeded", data=summary.to_dict())
     if summary.ok:
         return Completed(message=f"{len(summary.results)} blocks succeeded", data=summary.to_dict())
     failed = summary.names("failed")

@@ -36,7 +36,7 @@ def full_refresh(
     project_dir: Optional[Path] = ProjectDir,
 ) -> int:
     """Rebuild ONLY the selected incremental models from scratch (dbt --full-refresh), as a Prefect flow run."""
-    from mage_dbt.cli.run_cmds import print_summary
+    from mage_dbt.cli.run_cmds import finish_run
     from mage_dbt.full_refresh import describe_plan, plan_full_refresh, resolve_refresh_target
     from mage_dbt.prefect_setup import run_flow_quietly
 
@@ -61,8 +61,7 @@ def full_refresh(
             dbt_project_refresh_flow, dbt_project=name, select=list(select), downstream=downstream,
             include_snapshots=include_snapshots, execution_date=when, target=target, vars=variables,
         )
-    print_summary(summary)
-    return 0 if all(r["status"] == "success" for r in summary["results"].values()) else 1
+    return finish_run(summary)
 
 
 @app.command()
@@ -144,4 +143,11 @@ def rebuild(
     done = sum(1 for r in summary["dates"] if r["state"] == "COMPLETED")
     console.print(f"{done} of {summary['planned_dates']} dates completed")
     console.print(f"flow run: {summary['flow_run_id']}")
+    if summary.get("state") == "CANCELLED":
+        from mage_dbt.cli.console import err_console
+        from mage_dbt.interrupts import EXIT_CODE
+
+        err_console.print(f"interrupted — the dates from {summary['dates'][-1]['execution_date']} on did not run: "
+                          "run the same rebuild again", highlight=False, soft_wrap=True)
+        return EXIT_CODE
     return 0 if done == summary["planned_dates"] else 1
