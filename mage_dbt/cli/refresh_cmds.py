@@ -124,7 +124,7 @@ def rebuild(
     settings = settings_for(project_dir)
     check_data_dir(settings.data_dir)
     resolved = load_pipeline(settings, pipeline, target=target)
-    plan = plan_full_refresh(resolved, select)
+    plan = plan_full_refresh(resolved, select, snapshots_option=False)  # rebuild takes no --include-snapshots
     dates = rebuild_dates(settings, pipeline, start, end, target)
     console.print(f"rebuild of {', '.join(plan.refresh)}: full refresh for {dates[0].date()}, "
                   f"then {len(dates) - 1} more date(s) in order")
