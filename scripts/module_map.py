@@ -55,6 +55,12 @@ MODULES: dict[str, str] = {
     "mage_dbt.local_server": "mage_dbt.deploy.local_server",
     # cli/
     "mage_dbt.scaffold": "mage_dbt.cli.scaffold",
+    # modules added on the issue-22 branch while the restructure was under way
+    "mage_dbt.interrupts": "mage_dbt.runs.interrupts",
+    "mage_dbt.run_guard": "mage_dbt.runs.run_guard",
+    "mage_dbt.run_liveness": "mage_dbt.runs.run_liveness",
+    "mage_dbt.prefect_reachable": "mage_dbt.cli.prefect_reachable",
+    "mage_dbt.profile_check": "mage_dbt.dbt.profile_check",
 }
 
 # Modules that did not exist before (split out of a module above, or a flow's implementation).

@@ -26,7 +26,7 @@ from typing import Any, Iterator, Literal
 
 from prefect import flow, get_run_logger, tags
 from prefect.context import FlowRunContext
-from prefect.states import Completed, Failed
+from prefect.states import Cancelled, Completed, Failed
 
 from mage_dbt.backfill.lock import BackfillLock
 from mage_dbt.backfill.plan import (
@@ -48,6 +48,7 @@ from mage_dbt.errors import BackfillError
 from mage_dbt.flows import pipeline_flow
 from mage_dbt.pipelines.pipeline import load_pipeline
 from mage_dbt.runs.heartbeats import engine_heartbeats_off
+from mage_dbt.runs.interrupts import interrupted
 from mage_dbt.settings import ProjectSettings, load_settings
 
 DBT_WRITE_JSON = "DBT_WRITE_JSON"
@@ -216,6 +217,9 @@ class BackfillExecution:
         try:
             with without_dbt_artifacts(self.target_path):
                 self._run_all(todo)
+        except KeyboardInterrupt:  # Ctrl-C between intervals: the backfill ends Cancelled below
+            if not interrupted():
+                raise
         finally:
             self.sink.end()
         return self._final_state()
@@ -244,13 +248,17 @@ class BackfillExecution:
                     full_refresh=interval_key(interval) == self.refresh_key,
                     select=list(plan.select) if plan.select else None, target=plan.target, return_state=True,
                 )
-            status = "completed" if state.is_completed() else "crashed" if state.is_crashed() else "failed"
+            status = ("completed" if state.is_completed() else "crashed" if state.is_crashed()
+                      else "cancelled" if state.is_cancelled() else "failed")
             self.finished(label, status, time.perf_counter() - started, state.message)
+            if interrupted():
+                return
 
     def finished(self, label: str, status: str, seconds: float, message: str | None) -> None:
         if status != "completed":
             self.failures += 1
-            self.logger.error("interval %s %s in %.1fs: %s", label, status, seconds, message)
+            log = self.logger.info if status == "cancelled" else self.logger.error  # Ctrl-C: not an error
+            log("interval %s %s in %.1fs: %s", label, status, seconds, message)
         else:
             self.logger.info("interval %s completed in %.1fs", label, seconds)
         self.sink.interval_finished(label, status, seconds, message)
@@ -284,6 +292,9 @@ class BackfillExecution:
                                       "message": s.message} for k, s in statuses.items()},
         }
         summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        if interrupted():
+            return Cancelled(message=f"interrupted (Ctrl-C) with {counts.get(COMPLETED, 0)} of {len(plan.intervals)} "
+                             f"intervals completed; resume with: mage-dbt backfill --resume {plan.id}", data=data)
         if counts.get(COMPLETED, 0) == len(plan.intervals):
             return Completed(message=f"{len(plan.intervals)} intervals completed", data=data)
         return Failed(

@@ -49,7 +49,7 @@ class RichProgress:
 
     def __init__(self, console: Console) -> None:
         self.console = console
-        self.done = self.failed = 0
+        self.done = self.failed = self.cancelled = 0
         self.todo = 0
         self.running: list[str] = []
         self._progress: Progress | None = None
@@ -83,6 +83,8 @@ class RichProgress:
             self.running.remove(label)
         if status == "completed":
             self.done += 1
+        elif status == "cancelled":  # Ctrl-C: stopped, not failed
+            self.cancelled += 1
         else:
             self.failed += 1
         line = f"[{STYLE.get(status, '')}]{status:<9}[/] {label} ({seconds:.1f}s)"
@@ -98,7 +100,7 @@ class RichProgress:
             running = f"running {', '.join(self.running[:4])}" if self.running else ""
             self._progress.update(
                 self._task, done=self.done, failed=self.failed,
-                remaining=self.todo - self.done - self.failed, running=running,
+                remaining=self.todo - self.done - self.failed - self.cancelled, running=running,
             )
 
     def end(self) -> None:

@@ -47,7 +47,8 @@ def run_job(config: dict[str, Any], job: dict[str, Any], emit) -> dict[str, Any]
             state = run_flow(pipeline_flow, flow_run=flow_run, parameters=parameters, return_type="state")
     except Exception as exc:  # the engine records the failure on the flow run; report it and go on
         return {"event": "finished", "label": job["label"], "status": "failed", "message": str(exc)[:500]}
-    status = "completed" if state.is_completed() else "crashed" if state.is_crashed() else "failed"
+    status = ("completed" if state.is_completed() else "crashed" if state.is_crashed()
+              else "cancelled" if state.is_cancelled() else "failed")
     return {"event": "finished", "label": job["label"], "status": status, "message": state.message,
             "flow_run_id": str(flow_run.id)}
 
@@ -79,10 +80,18 @@ def main(argv: list[str]) -> int:
         from mage_dbt.backfill.flow import apply_no_dbt_artifacts
 
         apply_no_dbt_artifacts(resolved.dbt_ref.target_path if resolved.dbt_ref else None)
+    from mage_dbt.runs.interrupts import EXIT_CODE, interruptible, interrupted
+
     emit({"event": "ready", "pid": os.getpid()})
-    for line in sys.stdin:
-        if line.strip():
-            emit(run_job(config, json.loads(line), emit))
+    with interruptible(second_exits=False):  # Ctrl-C: the interval run ends Cancelled, then the worker stops
+        try:
+            for line in sys.stdin:
+                if line.strip():
+                    emit(run_job(config, json.loads(line), emit))
+                if interrupted():
+                    return EXIT_CODE
+        except KeyboardInterrupt:
+            return EXIT_CODE
     return 0
 
 

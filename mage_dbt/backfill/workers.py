@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import selectors
+import signal
 import subprocess
 import sys
 import time
@@ -119,10 +120,14 @@ class WorkerPool:
                             self._dispatch(worker, queue.pop(0), on_started)
                         else:
                             _close(worker.process.stdin)
-        except BaseException:
+        except BaseException as exc:
+            from mage_dbt.runs.interrupts import interrupted
+
+            stop = (signal.SIGINT if isinstance(exc, KeyboardInterrupt) and interrupted()  # they cancel their runs
+                    else signal.SIGTERM)
             for worker in workers:
                 if worker.process.poll() is None:
-                    worker.process.terminate()
+                    worker.process.send_signal(stop)
             raise
         finally:
             for worker in workers:

@@ -53,9 +53,12 @@ def run_cli(argv: list[str] | None = None) -> int:
     Any exception that is not a user's mistake propagates with its traceback."""
     from mage_dbt.runs.prefect_setup import quiet_prefect_console
 
+    from mage_dbt.runs.interrupts import interruptible
+
     quiet_prefect_console()
     try:
-        result = app(args=argv, standalone_mode=False, prog_name="mage-dbt")
+        with interruptible():  # Ctrl-C: runs end Cancelled, exit 130 (mage_dbt.runs.interrupts)
+            result = app(args=argv, standalone_mode=False, prog_name="mage-dbt")
         return result if isinstance(result, int) else 0
     except MageDbtError as exc:
         return _report(exc, exc)
@@ -66,8 +69,11 @@ def run_cli(argv: list[str] | None = None) -> int:
         return _report(converted, exc)
     except _EXITS as exc:
         return exc.exit_code
-    except _ABORTS:
-        err_console.print("aborted")
+    except _ABORTS as exc:
+        err_console.print("interrupted" if isinstance(exc.__context__, KeyboardInterrupt) else "aborted")
+        return 130
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
         return 130
     except _USAGE_ERRORS as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":

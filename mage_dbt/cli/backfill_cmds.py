@@ -33,7 +33,7 @@ from mage_dbt.backfill.plan import (
     size_refusal,
 )
 from mage_dbt.blocks.outputs import check_data_dir
-from mage_dbt.cli.console import console
+from mage_dbt.cli.console import console, err_console
 from mage_dbt.cli.options import ProjectDir, Target, settings_for
 from mage_dbt.cli.typer_app import app
 from mage_dbt.dates import Interval
@@ -158,6 +158,12 @@ def _run(settings: ProjectSettings, plan: BackfillPlan, *, resume: bool, concurr
     console.print(f"backfill flow run: {state.state_details.flow_run_id}")
     if state.is_completed():
         return 0
+    if state.is_cancelled():
+        from mage_dbt.runs.interrupts import EXIT_CODE
+
+        err_console.print(f"interrupted — resume with: mage-dbt backfill --resume {plan.id}", highlight=False,
+                          soft_wrap=True)
+        return EXIT_CODE
     console.print(f"[bold red]{state.message}[/]")
     return 1
 

@@ -28,7 +28,10 @@ def settings_for(project_dir: Optional[Path]) -> ProjectSettings:
     if _current_verb() in PREFECT_VERBS:
         from mage_dbt.deploy.local_server import ensure_local_server
 
-        ensure_local_server(announce=lambda line: err_console.print(line, soft_wrap=True))
+        if ensure_local_server(announce=lambda line: err_console.print(line, soft_wrap=True)) is None:
+            from mage_dbt.cli.prefect_reachable import check_configured_server
+
+            check_configured_server()  # PREFECT_API_URL set: a server that is down is one line, not a traceback
     return settings
 
 

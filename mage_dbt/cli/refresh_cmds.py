@@ -36,7 +36,7 @@ def full_refresh(
     project_dir: Optional[Path] = ProjectDir,
 ) -> int:
     """Rebuild ONLY the selected incremental models from scratch (dbt --full-refresh), as a Prefect flow run."""
-    from mage_dbt.cli.run_cmds import print_summary
+    from mage_dbt.cli.run_cmds import finish_run
     from mage_dbt.refresh.full_refresh import describe_plan, plan_full_refresh, resolve_refresh_target
     from mage_dbt.runs.prefect_setup import run_flow_quietly
 
@@ -61,8 +61,7 @@ def full_refresh(
             dbt_project_refresh_flow, dbt_project=name, select=list(select), downstream=downstream,
             include_snapshots=include_snapshots, execution_date=when, target=target, vars=variables,
         )
-    print_summary(summary)
-    return 0 if all(r["status"] == "success" for r in summary["results"].values()) else 1
+    return finish_run(summary)
 
 
 @app.command()
@@ -125,7 +124,7 @@ def rebuild(
     settings = settings_for(project_dir)
     check_data_dir(settings.data_dir)
     resolved = load_pipeline(settings, pipeline, target=target)
-    plan = plan_full_refresh(resolved, select)
+    plan = plan_full_refresh(resolved, select, snapshots_option=False)  # rebuild takes no --include-snapshots
     dates = rebuild_dates(settings, pipeline, start, end, target)
     console.print(f"rebuild of {', '.join(plan.refresh)}: full refresh for {dates[0].date()}, "
                   f"then {len(dates) - 1} more date(s) in order")
@@ -144,4 +143,11 @@ def rebuild(
     done = sum(1 for r in summary["dates"] if r["state"] == "COMPLETED")
     console.print(f"{done} of {summary['planned_dates']} dates completed")
     console.print(f"flow run: {summary['flow_run_id']}")
+    if summary.get("state") == "CANCELLED":
+        from mage_dbt.cli.console import err_console
+        from mage_dbt.runs.interrupts import EXIT_CODE
+
+        err_console.print(f"interrupted — the dates from {summary['dates'][-1]['execution_date']} on did not run: "
+                          "run the same rebuild again", highlight=False, soft_wrap=True)
+        return EXIT_CODE
     return 0 if done == summary["planned_dates"] else 1

@@ -25,7 +25,7 @@ def retry(
     The retry is a new flow run with the same execution date and parameters, tagged
     retry-of:<id>; blocks that succeeded in the original run are not re-run.
     """
-    from mage_dbt.cli.run_cmds import print_summary
+    from mage_dbt.cli.run_cmds import finish_run
     from mage_dbt.pipelines.spec import load_pipeline_spec
     from mage_dbt.runs.retry import find_run, plan_retry, run_retry
 
@@ -33,6 +33,11 @@ def retry(
     check_data_dir(settings.data_dir)
     if pipeline:
         load_pipeline_spec(settings.flows_dir, pipeline)  # an unknown pipeline fails here, with the list
+    from mage_dbt.runs.run_liveness import mark_dead_runs
+
+    dead = mark_dead_runs(settings.data_dir)  # RUNNING in Prefect, but their process is gone
+    if dead:
+        console.print(f"marked {len(dead)} run(s) whose process is gone Crashed: {', '.join(dead[:10])}")
     source = find_run(settings, pipeline, run)
     if source is None:
         console.print(f"nothing to retry: no failed run of pipeline '{pipeline}' in this project "
@@ -50,5 +55,4 @@ def retry(
     console.print(f"retrying {len(plan.blocks)} of {len(plan.blocks) + len(plan.succeeded)} blocks of flow run "
                   f"{source.id} ({source.pipeline}, execution date {when}): {shown}")
     summary = run_retry(plan)
-    print_summary(summary)
-    return 1 if any(r["status"] != "success" for r in summary["results"].values()) else 0
+    return finish_run(summary)

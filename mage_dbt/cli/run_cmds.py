@@ -9,14 +9,14 @@ import typer
 from rich.table import Table
 
 from mage_dbt.blocks.outputs import check_data_dir
-from mage_dbt.cli.console import console
+from mage_dbt.cli.console import console, err_console
 from mage_dbt.cli.options import ProjectDir, Target, parse_vars, settings_for
 from mage_dbt.cli.typer_app import app
 from mage_dbt.dates import parse_execution_date
 from mage_dbt.pipelines.pipeline import load_pipeline
 from mage_dbt.pipelines.spec import load_pipeline_spec
 
-STATUS_STYLE = {"success": "green", "failed": "bold red", "skipped": "yellow"}
+STATUS_STYLE = {"success": "green", "failed": "bold red", "skipped": "yellow", "cancelled": "yellow"}
 
 
 @app.command()
@@ -54,9 +54,25 @@ def run(
         pipeline=pipeline, execution_date=when, full_refresh=full_refresh,
         select=select, target=target, vars=parse_vars(var) or None, ref=ref,
     )
+    return finish_run(summary)
+
+
+def finish_run(summary: dict) -> int:
+    """Print a run's summary; the exit code: 0 all succeeded, 1 a block failed, 130 interrupted."""
+    from mage_dbt.runs.interrupts import EXIT_CODE, interrupted
+
     print_summary(summary)
+    if summary.get("interrupted") or summary.get("state") == "CANCELLED" or interrupted():
+        err_console.print(interrupted_line(summary.get("flow_run_id")), highlight=False, soft_wrap=True)
+        return EXIT_CODE
     failed = [n for n, r in summary["results"].items() if r["status"] != "success"]
     return 1 if failed else 0
+
+
+def interrupted_line(flow_run_id: str | None) -> str:
+    if not flow_run_id:
+        return "interrupted"
+    return f"interrupted — re-run what did not finish with: mage-dbt retry --run {flow_run_id}"
 
 
 def print_summary(summary: dict) -> None:

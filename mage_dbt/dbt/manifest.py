@@ -384,27 +384,9 @@ def _parse(ref: DbtProjectRef, dbt_vars: dict[str, Any], *, traced: bool):
 
 def check_profile(ref: DbtProjectRef) -> None:
     """Fail early, in one line, when the project's profile or the requested target does not exist."""
-    import yaml
+    from mage_dbt.dbt.profile_check import check_profile as check
 
-    profiles_file = ref.profiles_dir / "profiles.yml"
-    try:
-        project = yaml.safe_load((ref.project_dir / "dbt_project.yml").read_text()) or {}
-        profiles = yaml.safe_load(profiles_file.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise DbtProjectError(f"cannot read {profiles_file} or dbt_project.yml: {exc}".splitlines()[0]) from None
-    profile_name = project.get("profile")
-    profile = profiles.get(profile_name) if isinstance(profiles, dict) else None
-    if not isinstance(profile, dict):
-        raise DbtProjectError(
-            f"profile '{profile_name}' (from {ref.project_dir / 'dbt_project.yml'}) is not in {profiles_file}",
-            hint=f"add it to profiles.yml; profiles there: {', '.join(k for k in profiles if k != 'config') or 'none'}",
-        )
-    targets = sorted((profile.get("outputs") or {}).keys())
-    if ref.target and ref.target not in targets:
-        raise DbtProjectError(
-            f"unknown target '{ref.target}' for profile '{profile_name}' in {profiles_file}",
-            hint=f"use one of: {', '.join(targets)}",
-        )
+    check(ref)
 
 
 def _write_cache(folder: Path, manifest: Any, manifest_pickle: bytes, deps: ParseDependencies,

@@ -114,16 +114,28 @@ class SyncPaths:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Serialize syncs of this repository across processes."""
+        """Serialize syncs of this repository across processes.
+
+        A first sync that fails leaves nothing behind: when this call created the repository's
+        folder and it still holds only the lock file, both go (and `.git_sync/` if it is empty)."""
+        created = not self.base.exists()
         self.base.mkdir(parents=True, exist_ok=True)
-        with open(self.base / "lock", "a+") as handle:
-            if fcntl is not None:
-                fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
+        try:
+            with open(self.base / "lock", "a+") as handle:
                 if fcntl is not None:
-                    fcntl.flock(handle, fcntl.LOCK_UN)
+                    fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    if created and [p.name for p in self.base.iterdir()] == ["lock"]:
+                        (self.base / "lock").unlink(missing_ok=True)
+                    if fcntl is not None:
+                        fcntl.flock(handle, fcntl.LOCK_UN)
+        finally:
+            if created:
+                for folder in (self.base, self.base.parent):
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()  # only when empty
 
     # -- state.json ----------------------------------------------------------------------------
 

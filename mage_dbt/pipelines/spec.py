@@ -153,7 +153,7 @@ def load_pipeline_spec(flows_dir: Path, name: str) -> PipelineSpec:
         raise ConfigError(f"{path}:1: a pipeline file must be a mapping of keys", hint="see README")
     raw.setdefault("name", name)
     try:
-        return PipelineSpec.model_validate(raw)
+        spec = PipelineSpec.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = [p for p in err["loc"] if not isinstance(p, str) or not p.startswith("function-")]
@@ -163,6 +163,38 @@ def load_pipeline_spec(flows_dir: Path, name: str) -> PipelineSpec:
             f"{path}:{line}: '{field}': {err['msg']}",
             hint="see the pipeline file format in README",
         ) from None
+    _refuse_unknown_options(spec, root, path)
+    if spec.dbt is None and not spec.blocks:
+        raise ConfigError(f"{path}:1: the pipeline has nothing to run: no 'dbt:' selection and no 'blocks:'",
+                          hint="add e.g. `dbt: {select: [\"*\"]}` or a python/sql/dbt_command block "
+                          "(see the pipeline file format in README)")
+    return spec
+
+
+# The block options each runner reads (besides name, type, file, upstream); anything else would be
+# silently ignored, so it is refused (a typo, or an option of a later version such as `retries`).
+BLOCK_OPTIONS = {
+    "python": ("writes", "poke_interval", "timeout"),
+    "sql": ("dialect", "materialize", "table", "schema", "check"),
+    "dbt_command": ("command", "project"),
+}
+
+
+def _refuse_unknown_options(spec: PipelineSpec, root: Any, path: Path) -> None:
+    import difflib
+
+    for index, block in enumerate(spec.blocks):
+        known = BLOCK_OPTIONS[block.type]
+        for key in block.model_extra or {}:
+            if key in known:
+                continue
+            close = difflib.get_close_matches(key, [*known, "upstream", "file"], n=1, cutoff=0.75)
+            hint = f"did you mean '{close[0]}'? " if close else "remove it; "
+            raise ConfigError(
+                f"{path}:{_line_of(root, ['blocks', index, key])}: block '{block.name}': unknown option "
+                f"'{key}' (mage_dbt does not read it, it would be ignored)",
+                hint=f"{hint}{block.type} blocks take: {', '.join(('file', 'upstream', *known))}",
+            )
 
 
 def _line_of(node: Any, loc: list[Any]) -> int:

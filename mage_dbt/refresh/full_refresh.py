@@ -66,8 +66,11 @@ def plan_full_refresh(
     *,
     downstream: bool = False,
     include_snapshots: bool = False,
+    snapshots_option: bool = True,
 ) -> RefreshPlan:
-    """The incremental models (and, if asked, snapshots) `select` matches, plus downstream models."""
+    """The incremental models (and, if asked, snapshots) `select` matches, plus downstream models.
+
+    `snapshots_option`: the verb takes --include-snapshots (rebuild does not), so a refusal may suggest it."""
     chosen = select_blocks(pipeline, list(select))
     wanted = {"incremental", "snapshot"} if include_snapshots else {"incremental"}
     refresh = sorted(n for n in chosen if _kind(pipeline, n) in wanted)
@@ -76,7 +79,9 @@ def plan_full_refresh(
             f"--select {' '.join(select)} matches no incremental model of '{pipeline.name}' "
             f"(it matches {_few(sorted(chosen))})",
             hint=f"incremental models there: {_few(incremental_models(pipeline)) or 'none'}"
-            + ("" if include_snapshots else "; add --include-snapshots to rebuild snapshots"),
+            + ("; add --include-snapshots to rebuild the snapshots it matches"
+               if snapshots_option and not include_snapshots and any(_kind(pipeline, n) == "snapshot" for n in chosen)
+               else ""),
         )
     _check_refreshable(pipeline, refresh)
     later: list[str] = []

@@ -16,7 +16,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
-from prefect.states import Completed, Failed
+from prefect.states import Cancelled, Completed, Failed
 
 from mage_dbt.context import make_context
 from mage_dbt.dates import intervals_between
@@ -25,7 +25,10 @@ from mage_dbt.flows import pipeline_flow
 from mage_dbt.pipelines.pipeline import load_pipeline, restrict
 from mage_dbt.refresh.full_refresh import plan_full_refresh, resolve_refresh_target
 from mage_dbt.runs.heartbeats import flow_run_heartbeats
+from mage_dbt.runs.interrupts import interrupted
 from mage_dbt.runs.pipeline_run import run_and_report, scheduled_time
+from mage_dbt.runs.run_guard import INTERRUPTED, current_flow_run_id
+from mage_dbt.runs.run_liveness import hold_run_lock
 from mage_dbt.settings import load_settings
 
 REBUILD_FLOW = "mage-dbt-rebuild"
@@ -65,7 +68,7 @@ def rebuild_flow(
         target: The dbt target from profiles.yml; empty means the pipeline's or profile's default.
         vars: Extra dbt vars for every date.
     """
-    with flow_run_heartbeats():  # Prefect's own are off when run in-process (heartbeats.py)
+    with flow_run_heartbeats(), hold_run_lock(load_settings().data_dir, current_flow_run_id()):  # run_liveness
         logger = get_run_logger()
         settings = load_settings()
         plan = plan_full_refresh(load_pipeline(settings, pipeline, target=target), select)
@@ -96,6 +99,8 @@ def rebuild_flow(
             _write_json(settings.data_dir / "runs" / str(ctx.flow_run.id) / "summary.json", summary)
         if len(rows) == len(dates) and rows[-1]["state"] == "COMPLETED":
             return Completed(message=f"rebuilt {', '.join(models)} over {len(dates)} dates", data=summary)
+        if interrupted():
+            return Cancelled(message=f"{INTERRUPTED} at {rows[-1]['execution_date']}", data=summary)
         return Failed(message=f"rebuild stopped at {rows[-1]['execution_date']}: {rows[-1]['message']}", data=summary)
 
 
@@ -142,7 +147,7 @@ def dbt_project_refresh_flow(
         target: The dbt target from profiles.yml; empty means the profile's default.
         vars: Extra dbt vars.
     """
-    with flow_run_heartbeats():  # Prefect's own are off when run in-process (heartbeats.py)
+    with flow_run_heartbeats(), hold_run_lock(load_settings().data_dir, current_flow_run_id()):  # run_liveness
         from mage_dbt.refresh.drift import enforce_on_drift
 
         logger = get_run_logger()

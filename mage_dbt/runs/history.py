@@ -155,8 +155,9 @@ def retried(run_ids: list[str]) -> set[str]:
 
 
 def latest_unretried_failure(pipeline: str, belongs: Callable[[PastRun], bool] = lambda run: True) -> PastRun | None:
-    """The newest failed (or crashed) run of `pipeline` for which `belongs` holds and no run retried yet."""
-    runs = (run for run in pipeline_runs(pipeline, state_types=["FAILED", "CRASHED"]) if belongs(run))
+    """The newest failed, crashed or cancelled (Ctrl-C) run of `pipeline` for which `belongs` holds and no run
+    retried yet."""
+    runs = (run for run in pipeline_runs(pipeline, state_types=["FAILED", "CRASHED", "CANCELLED"]) if belongs(run))
     while True:
         batch = [run for _, run in zip(range(50), runs)]
         if not batch:

@@ -17,7 +17,7 @@ from typing import Any
 
 from prefect import get_run_logger
 from prefect.context import FlowRunContext
-from prefect.states import Completed, Failed
+from prefect.states import Cancelled, Completed, Failed
 
 from mage_dbt.blocks.outputs import OutputStore
 from mage_dbt.context import make_context
@@ -28,6 +28,7 @@ from mage_dbt.refresh.drift import plan_run_refresh
 from mage_dbt.runs.heartbeats import flow_run_heartbeats
 from mage_dbt.runs.history import RETRY_TAG
 from mage_dbt.runs.project_sync import prepare_run_project, record_commit
+from mage_dbt.runs.run_guard import INTERRUPTED, guarded
 from mage_dbt.runs.runner import PipelineRunner, RunSummary
 from mage_dbt.runs.task_runs import TaskRunReporter
 from mage_dbt.settings import ProjectSettings, load_settings
@@ -53,11 +54,18 @@ def run_pipeline(
     check_drift: bool = True,
 ):
     """The pipeline flow's run (parameters: see `mage_dbt.flows.pipeline_flow`); its final state."""
+    settings = load_settings()
+    return guarded(settings.data_dir, lambda: _run_pipeline(  # process lock; Ctrl-C -> Cancelled
+        settings, pipeline, execution_date, full_refresh, select, target, vars, ref, full_refresh_select,
+        check_drift))
+
+
+def _run_pipeline(settings, pipeline, execution_date, full_refresh, select, target, vars, ref,
+                  full_refresh_select, check_drift):
     with flow_run_heartbeats():  # Prefect's own are off when run in-process (heartbeats.py)
         logger = get_run_logger()
         ctx = FlowRunContext.get()
         run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else "local"
-        settings = load_settings()
         project = prepare_run_project(settings, pipeline, ref=ref, target=target, log=logger)  # sync_on_run / ref
         spec = load_pipeline_spec(settings.flows_dir, pipeline)
         context = make_context(
@@ -111,6 +119,10 @@ def run_and_report(settings, resolved, context, logger, **runner_options):
     _write_summary(settings, context.run_id, summary)
     # One log record for the whole table: one row per block would be hundreds of log rows to store.
     logger.info("%d blocks:\n%s", len(summary.results), "\n".join(summary_lines(summary)))
+    if summary.interrupted:
+        cancelled = summary.names("cancelled")
+        return Cancelled(message=f"{INTERRUPTED}: {len(cancelled)} block(s) cancelled, "
+                         f"{len(summary.names('success'))} succeeded", data=summary.to_dict())
     if summary.ok:
         return Completed(message=f"{len(summary.results)} blocks succeeded", data=summary.to_dict())
     failed = summary.names("failed")

@@ -60,6 +60,11 @@ def run_flow_quietly(flow: Callable[..., Any], **parameters: Any) -> dict:
         path = load_settings().data_dir / "runs" / run_id / "summary.json"
         if path.is_file():
             summary = json.loads(path.read_text())
+    if summary is None and state.is_cancelled():
+        from mage_dbt.runs.interrupts import interrupted
+
+        if interrupted():  # Ctrl-C before any block ran: the CLI says "interrupted", exit 130
+            raise KeyboardInterrupt
     if summary is None:
         # The flow raised before producing a summary: surface its exception unchanged.
         state.result(raise_on_failure=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from mage_dbt.blocks.block import through_ephemeral
@@ -26,12 +26,13 @@ from mage_dbt.dbt.invocation import NodeResult, count_invocations
 from mage_dbt.dbt.manifest import prune_target_folders
 from mage_dbt.pipelines.pipeline import Pipeline, Unit
 from mage_dbt.refresh.full_refresh import invocation_phases, set_aside_snapshots, settle_snapshots, snapshot_ids
+from mage_dbt.runs.interrupts import CANCELLED_MESSAGE, interrupted
 from mage_dbt.runs.task_runs import TaskRunReporter
 from mage_dbt.settings import ProjectSettings
 
 LOG = logging.getLogger("mage_dbt.runner")
 
-SUCCESS, FAILED, SKIPPED = "success", "failed", "skipped"
+SUCCESS, FAILED, SKIPPED, CANCELLED = "success", "failed", "skipped", "cancelled"
 
 
 @dataclass
@@ -54,6 +55,8 @@ class RunSummary:
     dbt_invocations: int = 0
     # Ephemeral models dbt compiled (success) or did not reach (skipped): not blocks that ran.
     ephemeral: dict[str, str] = field(default_factory=dict)
+    # Ctrl-C stopped the run: blocks that did not finish are CANCELLED (mage_dbt.runs.interrupts).
+    interrupted: bool = False
 
     @property
     def ok(self) -> bool:
@@ -69,6 +72,7 @@ class RunSummary:
             "dbt_invocations": self.dbt_invocations,
             "results": {n: asdict(r) for n, r in self.results.items()},
             "ephemeral": dict(self.ephemeral),
+            "interrupted": self.interrupted,
         }
 
 
@@ -94,7 +98,9 @@ class _BlockListener:
     def node_finished(self, result: NodeResult) -> None:
         block = self._pipeline.blocks[self._names[result.unique_id]]
         status = SUCCESS if result.ok else SKIPPED if result.skipped else FAILED
-        if block.is_ephemeral and status != FAILED:
+        if status != SUCCESS and interrupted():  # stopped by Ctrl-C, not failed
+            status, result = CANCELLED, replace(result, message=CANCELLED_MESSAGE)
+        if block.is_ephemeral and status not in (FAILED, CANCELLED):
             self._summary.ephemeral[block.name] = status
             return
         message = result.message
@@ -118,8 +124,9 @@ class _BlockListener:
         if message:
             detail += f": {message}"
         self._reporter.log(block.name, detail, logging.INFO if status == SUCCESS else logging.ERROR)
-        if status == SKIPPED:
-            self._reporter.finished(block.name, ok=False, message=message, name="Skipped", skipped=True)
+        if status in (SKIPPED, CANCELLED):
+            self._reporter.finished(block.name, ok=False, message=message,
+                                    name="Skipped" if status == SKIPPED else "Cancelled", skipped=True)
         else:
             self._reporter.finished(block.name, ok=status == SUCCESS, message=message,
                                     name="Warn" if result.status == "warn" else None)
@@ -158,16 +165,40 @@ class PipelineRunner:
         prune_target_folders(self.settings.data_dir)
         with count_invocations() as invocations:  # every dbt call: groups and dbt command blocks
             for unit in self.pipeline.units:
-                blocked = self._blocked(unit)
-                for name in sorted(blocked):
-                    self._skip(name, blocked[name])
-                todo = [b for b in unit.blocks if b not in blocked]
-                if todo and unit.kind == "dbt_group":
-                    self._run_dbt(unit, todo)
-                elif todo:
-                    self._run_block(todo[0])
-                self.summary.dbt_invocations = invocations.count
+                if interrupted():
+                    break
+                try:
+                    self._run_unit(unit)
+                except KeyboardInterrupt:
+                    if not interrupted():
+                        raise
+                finally:
+                    self.summary.dbt_invocations = invocations.count
+        if interrupted():
+            self._cancel_unfinished()
         return self.summary
+
+    def _run_unit(self, unit: Unit) -> None:
+        blocked = self._blocked(unit)
+        for name in sorted(blocked):
+            self._skip(name, blocked[name])
+        todo = [b for b in unit.blocks if b not in blocked]
+        if todo and unit.kind == "dbt_group":
+            self._run_dbt(unit, todo)
+        elif todo:
+            self._run_block(todo[0])
+
+    def _cancel_unfinished(self) -> None:
+        """After Ctrl-C: every block without a result (running or not reached) is Cancelled."""
+        self.summary.interrupted = True
+        for name in self._topo():
+            block = self.pipeline.blocks[name]
+            if name in self.summary.results or block.is_ephemeral:
+                continue
+            self.summary.results[name] = BlockResult(name=name, kind=block.kind, status=CANCELLED,
+                                                     message=CANCELLED_MESSAGE, unique_id=block.unique_id)
+            if self.reporter:
+                self.reporter.skipped(name, kind=block.kind, reason=CANCELLED_MESSAGE, state_name="Cancelled")
 
     def _blocked(self, unit: Unit) -> dict[str, str]:
         """Blocks of `unit` that cannot run, with the upstream block that stops them."""
@@ -224,6 +255,8 @@ class PipelineRunner:
         else:  # a targeted full refresh: --full-refresh only for the targeted nodes (mage_dbt.refresh.full_refresh)
             phases = invocation_phases(self.pipeline.manifest, ids, self.full_refresh_nodes)
         for phase_ids, refresh in phases:
+            if interrupted():
+                return
             phase_ids = self._not_blocked(phase_ids)
             if phase_ids:
                 self._invoke_dbt(phase_ids, refresh, listener)

@@ -74,8 +74,9 @@ class TaskRunReporter:
         state_type = StateType.CANCELLED if skipped else StateType.COMPLETED if ok else StateType.FAILED
         self._transition(block, None, (), (), state_type, name, message)
 
-    def skipped(self, block: str, *, kind: str, reason: str, tags: tuple[str, ...] = ()) -> None:
-        self._transition(block, kind, (), tags, StateType.CANCELLED, SKIPPED, reason)
+    def skipped(self, block: str, *, kind: str, reason: str, tags: tuple[str, ...] = (),
+                state_name: str = SKIPPED) -> None:
+        self._transition(block, kind, (), tags, StateType.CANCELLED, state_name, reason)
 
     def log(self, block: str, message: str, level: int = logging.INFO) -> None:
         from prefect.logging.handlers import APILogWorker

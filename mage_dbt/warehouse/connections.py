@@ -46,11 +46,28 @@ def duckdb_connection(target: TargetConfig) -> Any:
             conn.execute(f"SET {key} = {literal}")
     except duckdb.Error as exc:
         message = scrub(first_line(str(exc)), target.secret_values())
-        hint = ("another process (dbt?) holds the file; open it once that process is done"
-                if "lock" in message.lower() else f"check the target in {target.profiles_path}")
+        hint = _duckdb_hint(message, path, target)
         raise ConfigError(f"cannot open DuckDB database {path} (target "
                           f"{target.target_name!r}): {message}", hint=hint) from None
     return conn
+
+
+def _duckdb_hint(message: str, path: str, target: TargetConfig) -> str:
+    """What to do about a DuckDB file that does not open: the folder, the lock or the profile."""
+    import os
+
+    lowered = message.lower()
+    folder = os.path.dirname(os.path.abspath(path))
+    if "read-only file system" in lowered:
+        return (f"the folder {folder} is on a read-only file system: make it writable, or set `path:` of target "
+                f"{target.target_name!r} in {target.profiles_path} to a writable place")
+    if "permission denied" in lowered:
+        return f"give this user write access to {folder}, or set `path:` of target {target.target_name!r} elsewhere"
+    if "no space left" in lowered:
+        return f"the disk is full: free space on the device holding {folder}"
+    if "lock" in lowered:
+        return "another process (dbt?) holds the file; open it once that process is done"
+    return f"check the target in {target.profiles_path}"
 
 
 def postgres_connection(target: TargetConfig) -> Any:
