@@ -30,7 +30,10 @@ def full_refresh(
     select: list[str] = Select,
     downstream: bool = typer.Option(False, "--downstream", help="Also run the models downstream of them (no full refresh)."),
     include_snapshots: bool = typer.Option(False, "--include-snapshots", help="Also rebuild matching snapshots: their history is lost."),
-    execution_date: Optional[str] = typer.Option(None, "--execution-date", "-d", help="YYYY-MM-DD or ISO timestamp (default: now)."),
+    execution_date: Optional[str] = typer.Option(
+        None, "--execution-date", "-d",
+        help="YYYY-MM-DD or ISO timestamp the models are rebuilt for; required when they read "
+        "var('execution_date') (default for the others: now)."),
     target: Optional[str] = Target,
     var: Optional[list[str]] = Var,
     project_dir: Optional[Path] = ProjectDir,
@@ -45,6 +48,10 @@ def full_refresh(
     resolved, is_pipeline = resolve_refresh_target(settings, name, target)
     plan = plan_full_refresh(resolved, select, downstream=downstream, include_snapshots=include_snapshots)
     when = parse_execution_date(execution_date, resolved.spec.timezone) if execution_date else None
+    if when is None:  # a dateless refresh of date-filtered models would empty them (mage_dbt.date_reads)
+        from mage_dbt.date_reads import require_refresh_date
+
+        require_refresh_date(resolved, name, plan.refresh, plan.downstream, is_pipeline=is_pipeline)
     variables = parse_vars(var) or None
     console.print(describe_plan(plan))
     if is_pipeline:
@@ -102,7 +109,7 @@ def status(
     if drifted:
         from mage_dbt.drift import fix_command
 
-        console.print(f"rebuild: {fix_command(resolved, drifted)}")
+        console.print(f"rebuild: {fix_command(resolved, drifted, context.date_vars()['execution_date'])}")
     return 0
 
 
