@@ -17,6 +17,7 @@ from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
 from prefect.states import Completed, Failed
 
+from mage_dbt.block_progress import current_block_sink, with_block_progress
 from mage_dbt.context import make_context
 from mage_dbt.heartbeats import flow_run_heartbeats
 from mage_dbt.pipeline import for_dbt_vars, load_pipeline
@@ -122,11 +123,15 @@ def run_and_report(settings, resolved, context, logger, **runner_options):
     ctx = FlowRunContext.get()
     resolved = for_dbt_vars(resolved, context.dbt_vars())  # resolved before the run's vars were known
     reporter = TaskRunReporter(context.run_id) if ctx and ctx.flow_run else None
+    # The CLI's live display (mage_dbt.block_progress); unchanged when nothing listens.
+    label = f"{resolved.name} {context.date_vars()['execution_date']}"
+    reporter = with_block_progress(reporter, label, sum(1 for b in resolved.blocks.values() if not b.is_ephemeral))
     try:
         summary = PipelineRunner(settings, resolved, context, reporter=reporter, **runner_options).run()
     finally:
         if reporter:
             reporter.close()
+        current_block_sink().run_ended(label)
     _write_summary(settings, context.run_id, summary)
     # One log record for the whole table: one row per block would be hundreds of log rows to store.
     logger.info("%d blocks:\n%s", len(summary.results), "\n".join(summary_lines(summary)))

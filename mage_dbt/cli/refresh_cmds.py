@@ -13,7 +13,8 @@ import typer
 from rich.table import Table
 
 from mage_dbt.cli import app
-from mage_dbt.cli.console import console
+from mage_dbt.cli.console import console, err_console
+from mage_dbt.cli.live_progress import block_progress
 from mage_dbt.cli.options import ProjectDir, Target, parse_vars, settings_for
 from mage_dbt.dates import parse_execution_date
 from mage_dbt.outputs import check_data_dir
@@ -54,20 +55,21 @@ def full_refresh(
         require_refresh_date(resolved, name, plan.refresh, plan.downstream, is_pipeline=is_pipeline)
     variables = parse_vars(var) or None
     console.print(describe_plan(plan))
-    if is_pipeline:
-        from mage_dbt.flows import pipeline_flow
+    with block_progress(err_console, f"preparing the full refresh of {', '.join(plan.refresh)}"):
+        if is_pipeline:
+            from mage_dbt.flows import pipeline_flow
 
-        summary = run_flow_quietly(
-            pipeline_flow, pipeline=name, execution_date=when, full_refresh=True, select=plan.blocks,
-            full_refresh_select=list(plan.refresh), target=target, vars=variables,
-        )
-    else:
-        from mage_dbt.rebuild import dbt_project_refresh_flow
+            summary = run_flow_quietly(
+                pipeline_flow, pipeline=name, execution_date=when, full_refresh=True, select=plan.blocks,
+                full_refresh_select=list(plan.refresh), target=target, vars=variables,
+            )
+        else:
+            from mage_dbt.rebuild import dbt_project_refresh_flow
 
-        summary = run_flow_quietly(
-            dbt_project_refresh_flow, dbt_project=name, select=list(select), downstream=downstream,
-            include_snapshots=include_snapshots, execution_date=when, target=target, vars=variables,
-        )
+            summary = run_flow_quietly(
+                dbt_project_refresh_flow, dbt_project=name, select=list(select), downstream=downstream,
+                include_snapshots=include_snapshots, execution_date=when, target=target, vars=variables,
+            )
     print_summary(summary)
     return 0 if all(r["status"] == "success" for r in summary["results"].values()) else 1
 
@@ -136,10 +138,11 @@ def rebuild(
     dates = rebuild_dates(settings, pipeline, start, end, target)
     console.print(f"rebuild of {', '.join(plan.refresh)}: full refresh for {dates[0].date()}, "
                   f"then {len(dates) - 1} more date(s) in order")
-    summary = run_flow_quietly(
-        rebuild_flow, pipeline=pipeline, select=list(plan.refresh), start=dates[0], end=dates[-1],
-        target=target, vars=parse_vars(var) or None,
-    )
+    with block_progress(err_console, f"preparing the rebuild of {', '.join(plan.refresh)}"):
+        summary = run_flow_quietly(
+            rebuild_flow, pipeline=pipeline, select=list(plan.refresh), start=dates[0], end=dates[-1],
+            target=target, vars=parse_vars(var) or None,
+        )
     table = Table(title=f"rebuild {pipeline}: {', '.join(summary['models'])}", title_justify="left")
     for column in ("execution date", "full refresh", "state", "flow run", "failed"):
         table.add_column(column, overflow="fold")
