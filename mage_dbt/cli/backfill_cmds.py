@@ -144,7 +144,10 @@ def _run(settings: ProjectSettings, plan: BackfillPlan, *, resume: bool, concurr
         f"backfill [bold]{plan.id}[/]: {plan.pipeline} {plan.start}..{plan.end}, "
         f"{len(plan.intervals)} {plan.interval} intervals{' (resume)' if resume else ''}"
     )
-    with use_sink(RichProgress(console)):
+    from mage_dbt.cli.console import err_console
+    from mage_dbt.cli.live_progress import block_logs
+
+    with block_logs(err_console), use_sink(RichProgress(console)):  # block logs as `run` shows them
         state = backfill_flow(
             pipeline=plan.pipeline, start=plan.start, end=plan.end, interval=plan.interval,
             concurrency=concurrency or plan.concurrency, select=list(plan.select) if plan.select else None,

@@ -94,10 +94,10 @@ class LiveBlocks:
     def run_ended(self, label: str) -> None:
         with self._lock:
             finished = self.done + self.failed + self.skipped
-            text = (f"{label}: {finished} of {self.total} blocks ended ({self.done} success, "
-                    f"{self.failed} failed, {self.skipped} skipped) in {_clock(time.monotonic() - self.run_began)}")
+            text = (f"{label}: {finished}/{self.total} blocks: {self.done} success, {self.failed} failed, "
+                    f"{self.skipped} skipped ({_clock(time.monotonic() - self.run_began)})")
             self.label = None
-        self.console.print(escape(text), soft_wrap=True, highlight=False)
+        self.console.print(escape(text), highlight=False)
 
     # -- rendering ----------------------------------------------------------------------------
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
