@@ -24,7 +24,10 @@ import typer
 from rich.markup import escape
 
 from mage_dbt.cli.console import console, err_console
+from mage_dbt.cli.help_format import hide_flag_types
 from mage_dbt.errors import FileSystemError, MageDbtError
+
+hide_flag_types()  # flags show no `<bool>` in --help
 
 DEBUG_ENV = "MAGE_DBT_DEBUG"
 
