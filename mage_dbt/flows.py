@@ -149,6 +149,9 @@ def _write_summary(settings, run_id: str, summary: RunSummary) -> None:
     folder = settings.data_dir / "runs" / run_id
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2, default=str))
+    from mage_dbt.pruning import prune_run_records
+
+    prune_run_records(folder.parent, current=run_id)  # the newest run records only
 
 
 def summary_lines(summary: RunSummary) -> list[str]:
