@@ -18,6 +18,7 @@ install: $(STAMP)
 ## Run the demo pipeline end to end on DuckDB with an embedded Prefect server.
 demo: install
 	$(BIN)/mage-dbt run demo --execution-date 2024-02-01
+	@echo "mage-dbt is in $(BIN): run  source $(BIN)/activate  (or export PATH=\"$$PWD/$(BIN):\$$PATH\") to use it directly"
 
 ## Start/await the services tests use (PostgreSQL, Chromium for UI checks), then run every test.
 services:

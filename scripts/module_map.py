@@ -61,6 +61,10 @@ MODULES: dict[str, str] = {
     "mage_dbt.run_liveness": "mage_dbt.runs.run_liveness",
     "mage_dbt.prefect_reachable": "mage_dbt.cli.prefect_reachable",
     "mage_dbt.profile_check": "mage_dbt.dbt.profile_check",
+    # modules added on the issue-23 branch
+    "mage_dbt.date_reads": "mage_dbt.refresh.date_reads",
+    "mage_dbt.block_progress": "mage_dbt.runs.block_progress",
+    "mage_dbt.pruning": "mage_dbt.dbt.pruning",
 }
 
 # Modules that did not exist before (split out of a module above, or a flow's implementation).

@@ -56,7 +56,8 @@ def test_drift_is_detected_refused_fixed_and_history_refilled(backend):
     line = r.error_line(refused)
     assert "customer_ltv_daily" in line and "lifetime_revenue_cents" in line, line
     command = r.fix_command(refused)
-    expected = ["full-refresh", pipeline, "--select", "customer_ltv_daily"] + backend.flags
+    # customer_ltv_daily reads var('execution_date'): the command names the refused run's date.
+    expected = ["full-refresh", pipeline, "--select", "customer_ltv_daily", "-d", "2024-02-03"] + backend.flags
     assert command == expected, line
     # Nothing ran: no row for the refused date, every table as it was.
     assert backend.query("select count(*) from {schema}.fct_daily_revenue where revenue_date = '2024-02-03'") == [(0,)]
@@ -64,7 +65,7 @@ def test_drift_is_detected_refused_fixed_and_history_refilled(backend):
 
     from tests.conftest import cli
 
-    fixed = cli(backend.project, *command, "--execution-date", "2024-02-02", env=backend.env)
+    fixed = cli(backend.project, *command, "--execution-date", "2024-02-02", env=backend.env)  # the last date wins
     r.ok(fixed)
     assert set(task_runs(flow_run_id(fixed.stdout))) == {"customer_ltv_daily"}
     assert {t: backend.identity(t) for t in OTHER_TABLES} == identities  # untouched, marker row included

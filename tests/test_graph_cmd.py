@@ -25,7 +25,7 @@ def demo_pipeline(demo_project, monkeypatch):
 
 def test_graph_svg_draws_every_block_edge_kind_and_dbt_group(demo_project, demo_pipeline, tmp_path):
     out = tmp_path / "pictures" / "demo.svg"
-    result = cli(demo_project, "graph", "demo", "-o", str(out))
+    result = cli(demo_project, "graph", "demo", "-o", str(out), "--tests")  # every block, tests too
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     groups = {u.id for u in demo_pipeline.units if u.kind == "dbt_group"}
     assert f"{len(demo_pipeline.blocks)} blocks, {len(groups)} dbt group(s)" in result.stdout
@@ -52,12 +52,36 @@ def test_graph_svg_draws_every_block_edge_kind_and_dbt_group(demo_project, demo_
 
 def test_graph_html_is_one_offline_page(demo_project, demo_pipeline, tmp_path):
     out = tmp_path / "demo.html"
-    result = cli(demo_project, "graph", "demo", "--output", str(out))
+    result = cli(demo_project, "graph", "demo", "--output", str(out), "--tests")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     page = out.read_text()
     assert page.lstrip().lower().startswith("<!doctype html") and "<svg" in page
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)  # nothing fetched from the network
     assert all(f'data-name="{name}"' in page for name in demo_pipeline.blocks)
+
+
+def test_graph_hides_tests_by_default_and_keeps_the_dependencies(demo_project, demo_pipeline, tmp_path):
+    import networkx as nx
+
+    out = tmp_path / "demo.svg"
+    result = cli(demo_project, "graph", "demo", "-o", str(out))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    tests = {n for n, b in demo_pipeline.blocks.items() if b.kind == "dbt_test"}
+    assert tests and f"({len(tests)} dbt tests hidden: --tests draws them)" in result.stdout
+    root = ET.parse(out).getroot()
+    nodes = {g.get("id"): g.get("data-name") for g in root.iter(f"{SVG}g") if g.get("class") == "node"}
+    assert set(nodes.values()) == set(demo_pipeline.blocks) - tests
+    edges = {(nodes[p.get("data-s")], nodes[p.get("data-t")]) for p in root.iter(f"{SVG}path")
+             if p.get("class") == "edge"}
+    # Every edge between shown blocks, direct or through hidden tests, and no other.
+    graph = demo_pipeline.graph
+    expected = set()
+    for source in set(graph) - tests:
+        for target in set(graph) - tests - {source}:
+            through = graph.subgraph(tests | {source, target})
+            if graph.has_edge(source, target) or nx.has_path(through, source, target):
+                expected.add((source, target))
+    assert edges == expected
 
 
 @pytest.mark.parametrize(

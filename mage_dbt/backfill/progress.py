@@ -13,6 +13,8 @@ import contextvars
 from typing import Iterator, Protocol
 
 from rich.console import Console
+
+from mage_dbt.runs.block_progress import status_line
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 STYLE = {"completed": "green", "failed": "bold red", "crashed": "bold red", "cancelled": "yellow"}
@@ -59,12 +61,14 @@ class RichProgress:
         self.todo = todo
         if already_done:
             self.console.print(f"{already_done} of {total} intervals already completed: skipped")
+        # Sized to the terminal: everything but the bar takes about 62 columns (80-column terminals
+        # keep a short bar; nothing is cut).
+        bar_width = max(6, min(40, self.console.width - 64))
         self._progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
+            TextColumn("[bold]backfill"),
+            BarColumn(bar_width=bar_width),
             MofNCompleteColumn(),
-            TextColumn("[green]{task.fields[done]} done[/] · [red]{task.fields[failed]} failed[/] · "
-                       "{task.fields[remaining]} remaining · {task.fields[running]}"),
+            TextColumn("[red]{task.fields[failed]} failed[/] · {task.fields[running]}"),
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
@@ -87,9 +91,7 @@ class RichProgress:
             self.cancelled += 1
         else:
             self.failed += 1
-        line = f"[{STYLE.get(status, '')}]{status:<9}[/] {label} ({seconds:.1f}s)"
-        if message and status != "completed":
-            line += f": {' '.join(message.split())[:300]}"
+        line = status_line(status, label, seconds, message)  # the same line as a run's blocks
         if self._progress is not None:
             self._progress.console.print(line, highlight=False)
             self._progress.advance(self._task)
@@ -97,7 +99,9 @@ class RichProgress:
 
     def _refresh(self) -> None:
         if self._progress is not None and self._task is not None:
-            running = f"running {', '.join(self.running[:4])}" if self.running else ""
+            running = f"running {self.running[0]}" if self.running else "running -"
+            if len(self.running) > 1:
+                running += f" +{len(self.running) - 1}"
             self._progress.update(
                 self._task, done=self.done, failed=self.failed,
                 remaining=self.todo - self.done - self.failed - self.cancelled, running=running,

@@ -36,6 +36,7 @@ from mage_dbt.blocks.outputs import check_data_dir
 from mage_dbt.cli.console import console, err_console
 from mage_dbt.cli.options import ProjectDir, Target, settings_for
 from mage_dbt.cli.typer_app import app
+from mage_dbt.cli.tables import backfills_table, print_recap, states_cell
 from mage_dbt.dates import Interval
 from mage_dbt.errors import BackfillError
 from mage_dbt.settings import PROJECT_DIR_ENV, ProjectSettings
@@ -143,7 +144,10 @@ def _run(settings: ProjectSettings, plan: BackfillPlan, *, resume: bool, concurr
         f"backfill [bold]{plan.id}[/]: {plan.pipeline} {plan.start}..{plan.end}, "
         f"{len(plan.intervals)} {plan.interval} intervals{' (resume)' if resume else ''}"
     )
-    with use_sink(RichProgress(console)):
+    from mage_dbt.cli.console import err_console
+    from mage_dbt.cli.live_progress import block_logs
+
+    with block_logs(err_console), use_sink(RichProgress(console)):  # block logs as `run` shows them
         state = backfill_flow(
             pipeline=plan.pipeline, start=plan.start, end=plan.end, interval=plan.interval,
             concurrency=concurrency or plan.concurrency, select=list(plan.select) if plan.select else None,
@@ -221,28 +225,31 @@ def backfills(
         plan = load_plan(settings, backfill_id)
         statuses = interval_statuses(plan)
         table = Table(title=f"backfill {plan.id}: {plan.pipeline} {plan.start}..{plan.end}", title_justify="left")
-        for column in ("interval", "status", "attempts", "flow run", "message"):
-            table.add_column(column, overflow="fold")
+        table.add_column("interval", no_wrap=True)
+        table.add_column("status", no_wrap=True)
+        table.add_column("attempts", no_wrap=True, justify="right")
+        table.add_column("flow run", overflow="fold")
         for interval in plan.intervals:
             s = statuses[interval_key(interval)]
             table.add_row(interval_label(interval, plan.interval), f"[{STATUS_STYLE[s.status]}]{s.status}[/]",
-                          str(s.attempts), s.flow_run_id or "",
-                          (s.message or "")[:200] if s.status != "completed" else "")
+                          str(s.attempts), s.flow_run_id or "")
         console.print(table)
+        print_recap(console, "intervals that did not complete:", [
+            (interval_label(i, plan.interval), statuses[interval_key(i)].status, statuses[interval_key(i)].message)
+            for i in plan.intervals if statuses[interval_key(i)].status in ("failed", "crashed", "cancelled")])
         return
     records = list_records(settings)
     if not records:
         console.print("no backfills yet: start one with mage-dbt backfill PIPELINE --start D1 --end D2")
         return
-    table = Table(title="backfills", title_justify="left")
-    table.add_column("id", no_wrap=True)
-    for column in ("pipeline", "range", "interval", "intervals", *STATUS_ORDER, "process", "created"):
-        table.add_column(column, overflow="fold")
+    table = backfills_table("backfills", console.width)
     for raw in records:
         plan = BackfillPlan.from_dict(raw)
         counts = count_statuses(interval_statuses(plan))
         alive = is_running(record_path(settings, plan.id).with_suffix(".lock"))
-        table.add_row(plan.id, plan.pipeline, f"{plan.start}..{plan.end}", plan.interval, str(len(plan.intervals)),
-                      *(str(counts.get(s, 0)) for s in STATUS_ORDER), "running" if alive else "-",
-                      plan.created_at[:16].replace("T", " "))
+        cells = [plan.id, f"{plan.start} .. {plan.end}", f"{len(plan.intervals)} {plan.interval}",
+                 states_cell(counts, STATUS_ORDER) + (" (process running)" if alive else "")]
+        if len(table.columns) > len(cells):
+            cells.append(plan.created_at[:16].replace("T", " "))
+        table.add_row(*cells)
     console.print(table)

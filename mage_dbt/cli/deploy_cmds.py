@@ -154,10 +154,11 @@ def server_stop() -> int:
 def graph(
     pipeline: str = typer.Argument(..., help="Pipeline name: flows/<name>.yaml"),
     output: Path = typer.Option(..., "--output", "-o", help="FILE.svg, or FILE.html (self-contained, works offline)."),
+    tests: bool = typer.Option(False, "--tests", help="Also draw dbt tests (hidden by default: they are most of the boxes)."),
     target: Optional[str] = Target,
     project_dir: Optional[Path] = ProjectDir,
 ) -> int:
-    """Draw PIPELINE's blocks and dependencies, kinds coloured and dbt groups outlined."""
+    """Draw PIPELINE's blocks and dependencies, kinds coloured and dbt groups outlined (tests: --tests)."""
     from mage_dbt.pipelines.graph import render_to_file
     from mage_dbt.pipelines.pipeline import load_pipeline
 
@@ -166,9 +167,15 @@ def graph(
         raise ConfigError(f"cannot draw the graph to {str(output)!r}", hint="name the output file .svg or .html")
     resolved = load_pipeline(settings, pipeline, target=target)
     nodes = graph_nodes(resolved)
+    hidden = 0
+    if not tests:
+        from mage_dbt.pipelines.graph import without_kind
+
+        nodes, hidden = without_kind(nodes, "dbt_test")
     path = render_to_file(nodes, output, title=f"pipeline {resolved.name}")
     groups = {n.group for n in nodes if n.group}
-    console.print(f"wrote {path}: {len(nodes)} blocks, {len(groups)} dbt group(s)")
+    note = f" ({hidden} dbt tests hidden: --tests draws them)" if hidden else ""
+    console.print(f"wrote {path}: {len(nodes)} blocks, {len(groups)} dbt group(s){note}", soft_wrap=True)
     return 0
 
 

@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from mage_dbt.blocks.outputs import find_output, read_output
+from mage_dbt.blocks.outputs import OutputNotFound, find_output, read_output
 from mage_dbt.cli.console import console
 from mage_dbt.cli.options import ProjectDir, settings_for
 from mage_dbt.cli.typer_app import app
@@ -29,7 +29,11 @@ def output(
 ) -> None:
     """Show the stored output of BLOCK: schema, row count and first rows."""
     settings = settings_for(project_dir)
-    found = find_output(settings.data_dir, pipeline, block, run)
+    try:
+        found = find_output(settings.data_dir, pipeline, block, run)
+    except OutputNotFound:
+        _explain_dbt_block(settings, pipeline, block)  # "run it first" is wrong for a dbt block
+        raise
     console.print(f"pipeline {pipeline} · block {block} · run {found.run_id}")
     console.print(f"file: {found.path}", soft_wrap=True)
     if found.kind == "json":
@@ -40,6 +44,31 @@ def output(
                       markup=False)
         return
     _print_table(found, rows)
+
+
+def _explain_dbt_block(settings, pipeline: str, block: str) -> None:
+    """Raise a clearer error when BLOCK is a dbt node: dbt writes tables, mage_dbt stores no output."""
+    from mage_dbt.errors import MageDbtError
+    from mage_dbt.pipelines.pipeline import load_pipeline
+
+    try:
+        resolved = load_pipeline(settings, pipeline)
+    except MageDbtError:
+        return  # the original error says enough
+    found = resolved.blocks.get(block)
+    if found is None or not found.is_dbt_node or resolved.manifest is None:
+        return
+    node = resolved.manifest.nodes[found.unique_id]
+    others = sorted(n for n, b in resolved.blocks.items() if b.kind in ("python", "sql"))
+    relation = (node.relation_name or "").replace('"', "")
+    where = (f"dbt builds it in the warehouse as {relation}" if relation and node.resource_type != "test"
+             else "a dbt test's result is its status")
+    raise OutputNotFound(
+        f"'{block}' is a {found.kind} block: dbt blocks store no output in mage_dbt, {where}",
+        hint=(f"query it there (select * from {relation} limit 10, on the dbt target of profiles.yml)"
+              if relation and node.resource_type != "test" else "see its result with mage-dbt run or in the Prefect UI")
+        + (f"; mage-dbt output shows Python/SQL blocks: {', '.join(others)}" if others else ""),
+    )
 
 
 def _print_table(found, rows: int) -> None:

@@ -47,10 +47,12 @@ def blocks(
 
     settings = settings_for(project_dir)
     resolved = load_pipeline(settings, pipeline, target=target)
-    table = Table(title=f"pipeline {resolved.name}: {len(resolved.blocks)} blocks, {len(resolved.units)} units",
+    groups = sum(1 for u in resolved.units if u.kind == "dbt_group")
+    table = Table(title=f"pipeline {resolved.name}: {len(resolved.blocks)} blocks, "
+                  f"{groups} dbt group{'' if groups == 1 else 's'} (one dbt invocation each)",
                   title_justify="left")
     ephemeral = any(b.is_ephemeral for b in resolved.blocks.values())
-    for column in ("block", "kind", "unit", "upstream", *(("note",) if ephemeral else ())):
+    for column in ("block", "kind", "dbt group", "upstream", *(("note",) if ephemeral else ())):
         table.add_column(column, overflow="fold")
     for unit in resolved.units:
         for name in unit.blocks:
@@ -58,5 +60,6 @@ def blocks(
             note = () if not ephemeral else (
                 f"ephemeral: compiled into {', '.join(compiled_into(resolved.blocks, name)) or 'no block of this pipeline'}"
                 if block.is_ephemeral else "",)
-            table.add_row(name, block.kind, unit.id, ", ".join(block.upstream), *note)
+            group = unit.id if unit.kind == "dbt_group" else ""
+            table.add_row(name, block.kind, group, ", ".join(block.upstream), *note)
     console.print(table)

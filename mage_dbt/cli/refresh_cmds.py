@@ -13,7 +13,8 @@ import typer
 from rich.table import Table
 
 from mage_dbt.blocks.outputs import check_data_dir
-from mage_dbt.cli.console import console
+from mage_dbt.cli.console import console, err_console
+from mage_dbt.cli.live_progress import block_progress
 from mage_dbt.cli.options import ProjectDir, Target, parse_vars, settings_for
 from mage_dbt.cli.typer_app import app
 from mage_dbt.dates import parse_execution_date
@@ -30,7 +31,10 @@ def full_refresh(
     select: list[str] = Select,
     downstream: bool = typer.Option(False, "--downstream", help="Also run the models downstream of them (no full refresh)."),
     include_snapshots: bool = typer.Option(False, "--include-snapshots", help="Also rebuild matching snapshots: their history is lost."),
-    execution_date: Optional[str] = typer.Option(None, "--execution-date", "-d", help="YYYY-MM-DD or ISO timestamp (default: now)."),
+    execution_date: Optional[str] = typer.Option(
+        None, "--execution-date", "-d",
+        help="YYYY-MM-DD or ISO timestamp the models are rebuilt for; required when they read "
+        "var('execution_date') (default for the others: now)."),
     target: Optional[str] = Target,
     var: Optional[list[str]] = Var,
     project_dir: Optional[Path] = ProjectDir,
@@ -45,22 +49,27 @@ def full_refresh(
     resolved, is_pipeline = resolve_refresh_target(settings, name, target)
     plan = plan_full_refresh(resolved, select, downstream=downstream, include_snapshots=include_snapshots)
     when = parse_execution_date(execution_date, resolved.spec.timezone) if execution_date else None
+    if when is None:  # a dateless refresh of date-filtered models would empty them (mage_dbt.refresh.date_reads)
+        from mage_dbt.refresh.date_reads import require_refresh_date
+
+        require_refresh_date(resolved, name, plan.refresh, plan.downstream, is_pipeline=is_pipeline)
     variables = parse_vars(var) or None
     console.print(describe_plan(plan))
-    if is_pipeline:
-        from mage_dbt.flows import pipeline_flow
+    with block_progress(err_console, f"preparing the full refresh of {', '.join(plan.refresh)}"):
+        if is_pipeline:
+            from mage_dbt.flows import pipeline_flow
 
-        summary = run_flow_quietly(
-            pipeline_flow, pipeline=name, execution_date=when, full_refresh=True, select=plan.blocks,
-            full_refresh_select=list(plan.refresh), target=target, vars=variables,
-        )
-    else:
-        from mage_dbt.refresh.rebuild import dbt_project_refresh_flow
+            summary = run_flow_quietly(
+                pipeline_flow, pipeline=name, execution_date=when, full_refresh=True, select=plan.blocks,
+                full_refresh_select=list(plan.refresh), target=target, vars=variables,
+            )
+        else:
+            from mage_dbt.refresh.rebuild import dbt_project_refresh_flow
 
-        summary = run_flow_quietly(
-            dbt_project_refresh_flow, dbt_project=name, select=list(select), downstream=downstream,
-            include_snapshots=include_snapshots, execution_date=when, target=target, vars=variables,
-        )
+            summary = run_flow_quietly(
+                dbt_project_refresh_flow, dbt_project=name, select=list(select), downstream=downstream,
+                include_snapshots=include_snapshots, execution_date=when, target=target, vars=variables,
+            )
     return finish_run(summary)
 
 
@@ -101,7 +110,7 @@ def status(
     if drifted:
         from mage_dbt.refresh.drift import fix_command
 
-        console.print(f"rebuild: {fix_command(resolved, drifted)}")
+        console.print(f"rebuild: {fix_command(resolved, drifted, context.date_vars()['execution_date'])}")
     return 0
 
 
@@ -128,10 +137,11 @@ def rebuild(
     dates = rebuild_dates(settings, pipeline, start, end, target)
     console.print(f"rebuild of {', '.join(plan.refresh)}: full refresh for {dates[0].date()}, "
                   f"then {len(dates) - 1} more date(s) in order")
-    summary = run_flow_quietly(
-        rebuild_flow, pipeline=pipeline, select=list(plan.refresh), start=dates[0], end=dates[-1],
-        target=target, vars=parse_vars(var) or None,
-    )
+    with block_progress(err_console, f"preparing the rebuild of {', '.join(plan.refresh)}"):
+        summary = run_flow_quietly(
+            rebuild_flow, pipeline=pipeline, select=list(plan.refresh), start=dates[0], end=dates[-1],
+            target=target, vars=parse_vars(var) or None,
+        )
     table = Table(title=f"rebuild {pipeline}: {', '.join(summary['models'])}", title_justify="left")
     for column in ("execution date", "full refresh", "state", "flow run", "failed"):
         table.add_column(column, overflow="fold")

@@ -54,5 +54,9 @@ def retry(
     shown = ", ".join(plan.blocks[:20]) + (" ..." if len(plan.blocks) > 20 else "")
     console.print(f"retrying {len(plan.blocks)} of {len(plan.blocks) + len(plan.succeeded)} blocks of flow run "
                   f"{source.id} ({source.pipeline}, execution date {when}): {shown}")
-    summary = run_retry(plan)
+    from mage_dbt.cli.console import err_console
+    from mage_dbt.cli.live_progress import block_progress
+
+    with block_progress(err_console, f"preparing the retry of flow run {source.id}"):
+        summary = run_retry(plan)
     return finish_run(summary)

@@ -6,18 +6,16 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
 
 from mage_dbt.blocks.outputs import check_data_dir
 from mage_dbt.cli.console import console, err_console
+from mage_dbt.cli.live_progress import block_progress
+from mage_dbt.cli.tables import print_run_recap, print_run_table
 from mage_dbt.cli.options import ProjectDir, Target, parse_vars, settings_for
 from mage_dbt.cli.typer_app import app
 from mage_dbt.dates import parse_execution_date
 from mage_dbt.pipelines.pipeline import load_pipeline
 from mage_dbt.pipelines.spec import load_pipeline_spec
-
-STATUS_STYLE = {"success": "green", "failed": "bold red", "skipped": "yellow", "cancelled": "yellow"}
-
 
 @app.command()
 def run(
@@ -36,6 +34,13 @@ def run(
     check_data_dir(settings.data_dir)  # a read-only or full data folder stops here, before any flow run
     spec = load_pipeline_spec(settings.flows_dir, pipeline)
     when = parse_execution_date(execution_date, spec.timezone)
+    with block_progress(err_console, f"preparing {pipeline} for {execution_date}: dbt project, Prefect flow run"):
+        summary = _run(settings, spec, pipeline, when, full_refresh=full_refresh, select=select,
+                       target=target, var=var, ref=ref)
+    return finish_run(summary)
+
+
+def _run(settings, spec, pipeline, when, *, full_refresh, select, target, var, ref) -> dict:
     # Pre-flight outside the flow: a bad target, selector or project fails here, before any run exists.
     # sync_on_run / --ref first bring the dbt project revision the flow will use (mage_dbt.runs.project_sync).
     from mage_dbt.cli.sync_cmds import ConsoleLog
@@ -49,12 +54,11 @@ def run(
     from mage_dbt.flows import pipeline_flow
     from mage_dbt.runs.prefect_setup import run_flow_quietly
 
-    summary = run_flow_quietly(
+    return run_flow_quietly(
         pipeline_flow,
         pipeline=pipeline, execution_date=when, full_refresh=full_refresh,
         select=select, target=target, vars=parse_vars(var) or None, ref=ref,
     )
-    return finish_run(summary)
 
 
 def finish_run(summary: dict) -> int:
@@ -76,17 +80,9 @@ def interrupted_line(flow_run_id: str | None) -> str:
 
 
 def print_summary(summary: dict) -> None:
-    table = Table(title=f"{summary['pipeline']} · {summary['execution_date']}", title_justify="left")
-    for column in ("block", "kind", "status", "seconds", "rows", "message"):
-        table.add_column(column, overflow="fold")
-    for name, result in summary["results"].items():
-        style = STATUS_STYLE.get(result["status"], "")
-        table.add_row(
-            name, result["kind"], f"[{style}]{result['status']}[/]", f"{result['seconds']:.2f}",
-            "" if result.get("rows") is None else str(result["rows"]),
-            "" if result["status"] == "success" else (result.get("message") or "")[:300],
-        )
-    console.print(table)
+    """The run's table (sized to the terminal), a recap of what did not succeed, then the counts."""
+    print_run_table(console, summary)
+    print_run_recap(console, summary)
     counts = {}
     for result in summary["results"].values():
         counts[result["status"]] = counts.get(result["status"], 0) + 1

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import typer
 
+from mage_dbt.cli.help_format import hide_flag_types
+
+hide_flag_types()  # flags show no `<bool>` in --help
+
 app = typer.Typer(
     name="mage-dbt",
     help="Run dbt projects with Python and SQL blocks as Prefect flows.",

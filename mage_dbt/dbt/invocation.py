@@ -23,6 +23,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
+from mage_dbt.dbt.pruning import rotate_log
+
 _DBT_LOCK = threading.RLock()
 # The open `count_invocations` counters of the current context (a run counts its own dbt calls).
 _COUNTERS: contextvars.ContextVar[tuple["InvocationCounter", ...]] = contextvars.ContextVar(
@@ -156,6 +158,7 @@ def invoke_dbt(
             "cached_manifest": manifest is not None,
             **(note or {}),
         }
+        rotate_log(invocation_log)  # bounded: mage_dbt.dbt.pruning
         with invocation_log.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
     return result

@@ -32,6 +32,7 @@ from mage_dbt.dbt.nodes import DbtNode, nodes_from_manifest_dict
 from mage_dbt.dbt.parse_patches import tracing
 from mage_dbt.dbt.parse_vars import ParseDependencies, TraceEscaped, pin_traced
 from mage_dbt.errors import DbtProjectError, SelectionError
+from mage_dbt.dbt.pruning import prune_manifest_cache, touch
 
 LOG = logging.getLogger("mage_dbt.manifest")
 CACHE_LAYOUT = "parse-deps-v1"  # part of the key: caches laid out another way are not reused
@@ -289,6 +290,7 @@ class ManifestCache:
                 self._loaded[folder] = loaded
                 why = loaded.deps.mismatch(dbt_vars)
                 if why is None:
+                    touch(folder)  # most recently used: kept by the pruning (mage_dbt.dbt.pruning)
                     return loaded
                 mismatches.append(why)
             manifest, payload, deps = parse_project(ref, dbt_vars)
@@ -296,6 +298,7 @@ class ManifestCache:
                 self._report(ref, mismatches[0])
             folder = root / f"{ref.name}-{base}-{deps.key()}"
             _write_cache(folder, manifest, payload, deps, ref.target_path / "manifest.json")
+            prune_manifest_cache(root, folder)
             loaded = _read_variant(ref, f"{base}-{deps.key()}", folder)
             assert loaded is not None
             self._loaded[folder] = loaded

@@ -15,7 +15,7 @@ import html
 import re
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from statistics import fmean
 
@@ -23,7 +23,7 @@ import networkx as nx
 
 from mage_dbt.errors import ConfigError
 
-__all__ = ["KIND_STYLES", "GraphNode", "render_html", "render_svg", "render_to_file"]
+__all__ = ["KIND_STYLES", "GraphNode", "render_html", "render_svg", "render_to_file", "without_kind"]
 
 
 @dataclass(frozen=True)
@@ -407,3 +407,21 @@ def render_to_file(nodes: Sequence[GraphNode], path: str | Path, title: str | No
     from mage_dbt.files import write_atomically
 
     return write_atomically(target, text)  # a failed write leaves no half picture behind
+
+
+def without_kind(nodes: Sequence[GraphNode], kind: str) -> tuple[list[GraphNode], int]:
+    """`nodes` without those of `kind` (dbt tests crowd a picture: most boxes of the demo); a block
+    downstream of a hidden one keeps the hidden one's upstreams instead. Returns (nodes, hidden)."""
+    hidden = {n.name: n for n in nodes if n.kind == kind}
+
+    def visible(names: Sequence[str], seen: frozenset[str] = frozenset()) -> list[str]:
+        out: list[str] = []
+        for name in names:
+            if name not in hidden:
+                out.append(name)
+            elif name not in seen:
+                out.extend(visible(hidden[name].upstream, seen | {name}))
+        return out
+
+    kept = [replace(n, upstream=tuple(dict.fromkeys(visible(n.upstream)))) for n in nodes if n.name not in hidden]
+    return kept, len(hidden)

@@ -225,9 +225,14 @@ def _nothing() -> Iterator[None]:
 
 
 # -- the on_drift policy ------------------------------------------------------------------------
-def fix_command(pipeline: Pipeline, names: Sequence[str]) -> str:
-    """The exact CLI command that rebuilds `names` of `pipeline`."""
+def fix_command(pipeline: Pipeline, names: Sequence[str], date: str | None = None) -> str:
+    """The exact CLI command that rebuilds `names` of `pipeline` (for `date` when they read the
+    run's dates: a dateless full refresh of those is refused, mage_dbt.refresh.date_reads)."""
+    from mage_dbt.refresh.date_reads import date_reading_blocks
+
     command = f"mage-dbt full-refresh {pipeline.name}" + "".join(f" --select {n}" for n in names)
+    if date and date_reading_blocks(pipeline, names):
+        command += f" -d {date}"
     target = pipeline.dbt_ref.target if pipeline.dbt_ref else None
     if target and target != pipeline.spec.target:
         command += f" --target {target}"
@@ -266,7 +271,7 @@ def enforce_on_drift(
             f"pipeline '{pipeline.name}': incremental model{'s' if len(names) > 1 else ''} "
             f"{', '.join(names)} no longer match{'' if len(names) > 1 else 'es'} the existing table ({detail}); "
             f"nothing ran",
-            hint=f"rebuild with `{fix_command(pipeline, names)}` (mage-dbt rebuild refills its history), "
+            hint=f"rebuild with `{fix_command(pipeline, names, context.date_vars()['execution_date'])}` (mage-dbt rebuild refills its history), "
             f"or set on_drift: full_refresh or warn in flows/{pipeline.name}.yaml",
             node_ids=[s.unique_id for s in drifted],
         )

@@ -25,6 +25,8 @@ from mage_dbt.errors import MageDbtError
 from mage_dbt.pipelines.pipeline import for_dbt_vars, load_pipeline
 from mage_dbt.pipelines.spec import load_pipeline_spec
 from mage_dbt.refresh.drift import plan_run_refresh
+from mage_dbt.dbt.pruning import prune_run_records
+from mage_dbt.runs.block_progress import current_block_sink, with_block_progress
 from mage_dbt.runs.heartbeats import flow_run_heartbeats
 from mage_dbt.runs.history import RETRY_TAG
 from mage_dbt.runs.project_sync import prepare_run_project, record_commit
@@ -111,11 +113,15 @@ def run_and_report(settings, resolved, context, logger, **runner_options):
     ctx = FlowRunContext.get()
     resolved = for_dbt_vars(resolved, context.dbt_vars())  # resolved before the run's vars were known
     reporter = TaskRunReporter(context.run_id) if ctx and ctx.flow_run else None
+    # The CLI's live display (mage_dbt.runs.block_progress); unchanged when nothing listens.
+    label = f"{resolved.name} {context.date_vars()['execution_date']}"
+    reporter = with_block_progress(reporter, label, sum(1 for b in resolved.blocks.values() if not b.is_ephemeral))
     try:
         summary = PipelineRunner(settings, resolved, context, reporter=reporter, **runner_options).run()
     finally:
         if reporter:
             reporter.close()
+        current_block_sink().run_ended(label)
     _write_summary(settings, context.run_id, summary)
     # One log record for the whole table: one row per block would be hundreds of log rows to store.
     logger.info("%d blocks:\n%s", len(summary.results), "\n".join(summary_lines(summary)))
@@ -137,6 +143,7 @@ def _write_summary(settings, run_id: str, summary: RunSummary) -> None:
     folder = settings.data_dir / "runs" / run_id
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2, default=str))
+    prune_run_records(folder.parent, current=run_id)  # the newest run records only
 
 
 def summary_lines(summary: RunSummary) -> list[str]:
