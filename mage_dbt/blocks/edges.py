@@ -18,7 +18,6 @@ parse, `ref()` to a missing model, or a block writing a dbt model's own relation
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,12 +27,6 @@ from mage_dbt.errors import BlockError
 from mage_dbt.pipelines.spec import dbt_project_ref
 
 TableKey = tuple[str, str]
-# Block options each kind reads (mage_dbt.blocks.python, mage_dbt.blocks.sql). Other keys may
-# belong to other features; only near-misses of these are reported as typos.
-OPTIONS = {
-    "python": ("writes", "poke_interval", "timeout"),
-    "sql": ("dialect", "materialize", "table", "schema", "check"),
-}
 
 
 @dataclass
@@ -69,8 +62,6 @@ def analyse_blocks(settings: Any, spec: Any, blocks: dict[str, Any], loaded: Any
     target = _LazyTargetInfo(settings, spec, loaded, target_name)
     result: dict[str, BlockIO] = {}
     for name, block in blocks.items():
-        if block.kind in OPTIONS:
-            _check_options(block.spec, spec.name)
         if block.kind == "python":
             check_python_block(settings, spec.name, block.spec)
             result[name] = BlockIO(name, writes=declared_writes(block.spec, nodes, project, spec.name))
@@ -108,15 +99,6 @@ class _LazyTargetInfo:
             target = target_for_ref(ref)
             self._info, self.name = target_info(target), target.target_name
         return self._info
-
-
-def _check_options(block_spec: Any, pipeline: str) -> None:
-    known = OPTIONS[block_spec.type]
-    for key in block_spec.model_extra or {}:
-        close = difflib.get_close_matches(key, [*known, "upstream", "file"], n=1, cutoff=0.75)
-        if key not in known and close:
-            raise BlockError(f"block '{block_spec.name}' (flows/{pipeline}.yaml): unknown option '{key}'",
-                             hint=f"did you mean '{close[0]}'? {block_spec.type} blocks read: {', '.join(known)}")
 
 
 def declared_writes(block_spec: Any, nodes: dict[str, Any], project: str | None, pipeline: str) -> set[TableKey]:

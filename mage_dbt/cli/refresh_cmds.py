@@ -154,7 +154,6 @@ def rebuild(
     console.print(f"{done} of {summary['planned_dates']} dates completed")
     console.print(f"flow run: {summary['flow_run_id']}")
     if summary.get("state") == "CANCELLED":
-        from mage_dbt.cli.console import err_console
         from mage_dbt.runs.interrupts import EXIT_CODE
 
         err_console.print(f"interrupted — the dates from {summary['dates'][-1]['execution_date']} on did not run: "

@@ -96,13 +96,15 @@ class ProgressReporter:
             began = self._started.pop(block, None)
         seconds = time.perf_counter() - began if began is not None else 0.0
         status = ("cancelled" if name == "Cancelled" else "skipped") if skipped else "success" if ok else "failed"
-        self.sink.block_finished(block, status, seconds, message)
+        # Ctrl-C: the CLI prints the one `interrupted` line; the cancelled blocks' lines carry no reason.
+        self.sink.block_finished(block, status, seconds, None if status == "cancelled" else message)
         if self.inner:
             self.inner.finished(block, ok=ok, message=message, name=name, skipped=skipped)
 
     def skipped(self, block: str, *, kind: str, reason: str, tags: tuple[str, ...] = (),
                 state_name: str | None = None) -> None:
-        self.sink.block_finished(block, "cancelled" if state_name == "Cancelled" else "skipped", 0.0, reason)
+        cancelled = state_name == "Cancelled"
+        self.sink.block_finished(block, "cancelled" if cancelled else "skipped", 0.0, None if cancelled else reason)
         if self.inner:
             extra = {"state_name": state_name} if state_name else {}
             self.inner.skipped(block, kind=kind, reason=reason, tags=tags, **extra)
