@@ -14,6 +14,7 @@ temporary one.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import uuid
 from collections.abc import Iterator
@@ -77,3 +78,20 @@ def check_writable(folder: str | os.PathLike, *, also: str | None = None) -> Non
         if error is None:
             raise
         raise error from exc
+
+
+def flock_held(path: Path) -> bool | None:
+    """Whether some live process holds an flock on `path` (None when the file does not exist).
+
+    A lock file a dead process left behind is not held: the kernel drops a process's locks with it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)

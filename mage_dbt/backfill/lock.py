@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from mage_dbt.errors import BackfillError
+from mage_dbt.files import flock_held
 
 
 class BackfillLock:
@@ -53,13 +54,4 @@ class BackfillLock:
 
 def is_running(path: Path) -> bool:
     """Whether some live process holds the lock at `path` (without taking it for long)."""
-    if not path.exists():
-        return False
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
+    return flock_held(path) is True

@@ -20,6 +20,8 @@ import socket
 from pathlib import Path
 from typing import Iterator
 
+from mage_dbt.files import flock_held
+
 LOCK_NAME = "process.lock"
 UNFINISHED = ("RUNNING", "PENDING", "CANCELLING")
 
@@ -67,17 +69,7 @@ def is_dead(path: Path) -> bool:
     found = holder(path)
     if found is None or found[1] != socket.gethostname():
         return False
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False  # removed meanwhile: the run ended normally
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
+    return flock_held(path) is False  # None: removed meanwhile, the run ended normally
 
 
 def mark_dead_runs(data_dir: Path) -> list[str]:
