@@ -17,14 +17,15 @@ from tests.test_cli_usage_errors import _cli_under, _read_only
 
 
 def _flow_runs_of(pipeline: str) -> set[str]:
-    """The ids of the pipeline's flow runs on the test session's Prefect server (runs are named <pipeline>-<date>)."""
+    """The ids of the pipeline's flow runs on the test session's Prefect server (named <pipeline>-<date>, or
+    rebuild-<pipeline>-<dates>: each test's pipeline name is its own)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_=f"{pipeline}-")),
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_=pipeline)),
                                      limit=200)
-    return {str(run.id) for run in runs if run.name.startswith(f"{pipeline}-")}
+    return {str(run.id) for run in runs}
 
 
 def _no_run_records(project: Path, before: set[str] = frozenset()) -> None:
@@ -37,21 +38,37 @@ def test_a_duckdb_file_another_process_holds_refuses_the_run_before_a_flow_run(d
     (demo_project / ".mage_dbt").mkdir()
     database = demo_project / ".mage_dbt" / "demo.duckdb"
     # A unique pipeline name: the flow runs counted are this test's only, whatever runs beside it.
-    (demo_project / "flows" / "held.yaml").write_text((demo_project / "flows" / "demo.yaml").read_text())
-    before = _flow_runs_of("held")
+    (demo_project / "flows" / "heldrun.yaml").write_text((demo_project / "flows" / "demo.yaml").read_text())
+    before = _flow_runs_of("heldrun")
     with duckdb.connect(str(database)) as writer:  # another process writing the file: this test's
         writer.execute("create table marker as select 1 as x")
-        line = one_line_error(cli(demo_project, "run", "held", "-d", "2031-09-01"))
+        line = one_line_error(cli(demo_project, "run", "heldrun", "-d", "2031-09-01"))
     assert line.startswith(f"error: cannot open DuckDB database {database} (target 'duckdb'): IO Error: Could not "
                            f"set lock on file \"{database}\": Conflicting lock is held in "), line
     assert f"(PID {os.getpid()})" in line, line
     assert line.endswith(" — another process holds the file (the PID named: another mage-dbt run, dbt or a DuckDB "
                          "client); run again once it is done"), line
-    assert _flow_runs_of("held") == before
+    assert _flow_runs_of("heldrun") == before
     _no_run_records(demo_project)
     with duckdb.connect(str(database), read_only=True) as reader:  # the refused run changed nothing
         assert [t for (t,) in reader.execute("select table_name from information_schema.tables").fetchall()] == [
             "marker"]
+
+
+def test_a_full_refresh_and_a_rebuild_on_a_held_duckdb_file_are_refused_before_a_flow_run(demo_project):
+    (demo_project / ".mage_dbt").mkdir()
+    database = demo_project / ".mage_dbt" / "demo.duckdb"
+    (demo_project / "flows" / "heldfr.yaml").write_text((demo_project / "flows" / "demo.yaml").read_text())
+    before = _flow_runs_of("heldfr")
+    commands = (["full-refresh", "heldfr", "--select", "fct_orders", "-d", "2031-09-03"],
+                ["rebuild", "heldfr", "--select", "fct_orders", "--start", "2031-09-03", "--end", "2031-09-04"])
+    with duckdb.connect(str(database)):
+        lines = [one_line_error(cli(demo_project, *command)) for command in commands]
+    for line in lines:
+        assert line.startswith(f"error: cannot open DuckDB database {database} (target 'duckdb'): "), line
+        assert line.endswith("; run again once it is done"), line
+    assert _flow_runs_of("heldfr") == before
+    _no_run_records(demo_project)
 
 
 def test_a_duckdb_file_in_a_read_only_folder_refuses_the_run_before_a_flow_run(demo_project, tmp_path):
