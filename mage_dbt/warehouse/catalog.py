@@ -147,6 +147,7 @@ def check_target_opens(ref: "DbtProjectRef") -> None:
 
     target = target_config(ref)
     path = str(target.get("path", ":memory:"))
-    if target.type != "duckdb" or path.startswith(":memory:") or not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+    remote = path.startswith((":memory:", "md:", "motherduck:")) or "://" in path  # no local file to hold
+    if target.type != "duckdb" or remote or not os.path.isdir(os.path.dirname(os.path.abspath(path))):
         return
     connect_raw(target).close()
