@@ -54,7 +54,7 @@ def _run(settings, spec, pipeline, when, *, full_refresh, select, target, var, r
     from mage_dbt.runs.pipeline_run import check_before_flow_run
 
     # The flow's own refusals (DuckDB file held by another run or read-only, on_drift: fail), made here.
-    check_before_flow_run(settings, spec, resolved, when, full_refresh=full_refresh, vars=parse_vars(var) or None,
+    check_before_flow_run(spec, resolved, when, full_refresh=full_refresh, vars=parse_vars(var) or None,
                           target=target)
     from mage_dbt.flows import pipeline_flow
     from mage_dbt.runs.prefect_setup import run_flow_quietly

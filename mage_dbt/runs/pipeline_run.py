@@ -103,7 +103,7 @@ class _Silent:
         return lambda *args, **kwargs: None
 
 
-def check_before_flow_run(settings: ProjectSettings, spec, resolved, when: datetime, *, full_refresh: bool = False,
+def check_before_flow_run(spec, resolved, when: datetime, *, full_refresh: bool = False,
                           vars: dict[str, Any] | None = None, target: str | None = None,
                           full_refresh_select: list[str] | None = None, check_drift: bool = True) -> None:
     """What the flow body would refuse before any block runs, checked before a flow run exists (the
