@@ -21,6 +21,7 @@ import pytest
 
 from mage_dbt.deploy import local_server
 from tests.conftest import cli
+from tests.support.automations import NAME as ZOMBIE_NAME, assert_zombie_automation, automations_named
 
 SERVER_ENV = ("PREFECT_API_URL", "PREFECT_UI_API_URL", "MAGE_DBT_LOCAL_SERVER",
               "MAGE_DBT_LOCAL_SERVER_IDLE_MINUTES", "MAGE_DBT_LOCAL_SERVER_PORT",
@@ -125,10 +126,15 @@ def test_two_runs_share_one_local_server_started_on_first_use(demo_project, pref
     record = record_of(prefect_home)
     assert record is not None and local_server.healthy(record.url)
     assert Path(record.log) == prefect_home / "mage_dbt_server.log"
+    # The server it started has Prefect's missing-heartbeat detection for mage-dbt's runs (zombie_runs).
+    assert (f"automation '{ZOMBIE_NAME}' created: a run without a heartbeat for 540 s is marked Crashed"
+            in " ".join(first.stderr.split())), first.stderr
+    [automation] = automations_named(record.url)
+    assert_zombie_automation(automation, within=540)
 
     second = cli(demo_project, "run", "demo", "-d", "2024-02-01")
     assert second.returncode == 0, second.stdout + second.stderr
-    assert "starting the local Prefect server" not in second.stderr
+    assert "starting the local Prefect server" not in second.stderr and "automation" not in second.stderr
     assert record_of(prefect_home) == record  # same pid, port, url: reused
     assert server_pids(prefect_home) == [record.pid]
     for result in (first, second):

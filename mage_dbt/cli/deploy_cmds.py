@@ -55,6 +55,9 @@ def deploy(
     for result in results:
         table.add_row(result.name, result.schedule, result.id, result.action)
     console.print(table)
+    from mage_dbt.deploy.zombie_runs import ensure_and_say
+
+    ensure_and_say(lambda line: console.print(line, highlight=False, soft_wrap=True))  # Crashed on missed heartbeats
     if work_pool:
         console.print(f"runs go to work pool {work_pool}: start a worker with `prefect worker start --pool {work_pool}`")
     else:

@@ -54,6 +54,7 @@ def full_refresh(
 
         require_refresh_date(resolved, name, plan.refresh, plan.downstream, is_pipeline=is_pipeline)
     variables = parse_vars(var) or None
+    _check_target_opens(resolved)
     console.print(describe_plan(plan))
     with block_progress(err_console, f"preparing the full refresh of {', '.join(plan.refresh)}"):
         if is_pipeline:
@@ -71,6 +72,14 @@ def full_refresh(
                 include_snapshots=include_snapshots, execution_date=when, target=target, vars=variables,
             )
     return finish_run(summary)
+
+
+def _check_target_opens(resolved) -> None:
+    """A DuckDB file another run holds, or in a read-only folder, is refused here, before a flow run exists."""
+    from mage_dbt.warehouse.catalog import check_target_opens
+
+    if resolved.dbt_ref is not None:
+        check_target_opens(resolved.dbt_ref)
 
 
 @app.command()
@@ -135,6 +144,7 @@ def rebuild(
     resolved = load_pipeline(settings, pipeline, target=target)
     plan = plan_full_refresh(resolved, select, snapshots_option=False)  # rebuild takes no --include-snapshots
     dates = rebuild_dates(settings, pipeline, start, end, target)
+    _check_target_opens(resolved)
     console.print(f"rebuild of {', '.join(plan.refresh)}: full refresh for {dates[0].date()}, "
                   f"then {len(dates) - 1} more date(s) in order")
     with block_progress(err_console, f"preparing the rebuild of {', '.join(plan.refresh)}"):

@@ -49,8 +49,13 @@ def _run(settings, spec, pipeline, when, *, full_refresh, select, target, var, r
     project = prepare_run_project(settings, pipeline, ref=ref, target=target, log=ConsoleLog())
     from mage_dbt.context import run_dbt_vars
 
-    load_pipeline(settings, pipeline, target=target, select=select, dbt_ref=project.dbt_ref,
-                  dbt_vars=run_dbt_vars(spec, when, parse_vars(var)))
+    resolved = load_pipeline(settings, pipeline, target=target, select=select, dbt_ref=project.dbt_ref,
+                             dbt_vars=run_dbt_vars(spec, when, parse_vars(var)))
+    from mage_dbt.runs.pipeline_run import check_before_flow_run
+
+    # The flow's own refusals (DuckDB file held by another run or read-only, on_drift: fail), made here.
+    check_before_flow_run(spec, resolved, when, full_refresh=full_refresh, vars=parse_vars(var) or None,
+                          target=target)
     from mage_dbt.flows import pipeline_flow
     from mage_dbt.runs.prefect_setup import run_flow_quietly
 

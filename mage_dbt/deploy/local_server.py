@@ -178,6 +178,10 @@ def _start(paths: Paths, announce: Callable[[str], None]) -> ServerRecord:
         if _wait_healthy(url, deadline, lambda: supervisor.poll() is None):
             record = read_record(paths)
             if record is not None and record.supervisor_pid == supervisor.pid:
+                from mage_dbt.deploy.zombie_runs import ensure_and_say
+
+                _use(record)
+                ensure_and_say(announce)  # runs whose process dies: Crashed by Prefect on missed heartbeats
                 return record
         code = supervisor.poll()
         if code is None:  # alive but not healthy in time: stop it before saying so

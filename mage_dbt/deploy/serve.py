@@ -44,6 +44,9 @@ def serve_pipelines(
     deployments = [runner_deployment(settings, p) for p in plans]
     for removed in remove_stale(plans):
         announce(f"removed deployment {removed.name} ({removed.schedule})")
+    from mage_dbt.deploy.zombie_runs import ensure_and_say
+
+    ensure_and_say(announce)  # runs whose process dies: Crashed by Prefect on missed heartbeats
     for plan in plans:
         announce(f"serving {plan.name}: {plan.schedule_text}")
     announce(f"runs execute here (at most {limit} at a time); Prefect UI: {ui_url(url)}; stop with Ctrl+C")

@@ -70,16 +70,7 @@ def _run_pipeline(settings, pipeline, execution_date, full_refresh, select, targ
         run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else "local"
         project = prepare_run_project(settings, pipeline, ref=ref, target=target, log=logger)  # sync_on_run / ref
         spec = load_pipeline_spec(settings.flows_dir, pipeline)
-        context = make_context(
-            spec.name,
-            execution_date or scheduled_time(),
-            interval=spec.interval,
-            timezone=spec.timezone,
-            full_refresh=full_refresh,
-            vars={**spec.vars, **(vars or {})},
-            target=target or spec.target,
-            run_id=run_id,
-        )
+        context = run_context(spec, execution_date or scheduled_time(), full_refresh, vars, target, run_id)
         # dbt parses with the run's vars (dates included): vars can change which nodes exist.
         resolved = load_pipeline(settings, pipeline, target=target, select=select, dbt_ref=project.dbt_ref,
                                  dbt_vars=context.dbt_vars())
@@ -96,6 +87,34 @@ def _run_pipeline(settings, pipeline, execution_date, full_refresh, select, targ
             return Failed(message=exc.one_line(), data=exc)  # returned, not raised: no traceback on the CLI
         retry = retry_outputs(settings, resolved.name, run_id, ctx.flow_run.tags if ctx and ctx.flow_run else ())
         return run_and_report(settings, resolved, context, logger, full_refresh_nodes=refresh_nodes, **retry)
+
+
+def run_context(spec, when: datetime, full_refresh: bool, vars: dict[str, Any] | None, target: str | None,
+                run_id: str):
+    """The run context every block of this run sees (the pipeline file's vars, then the run's)."""
+    return make_context(spec.name, when, interval=spec.interval, timezone=spec.timezone, full_refresh=full_refresh,
+                        vars={**spec.vars, **(vars or {})}, target=target or spec.target, run_id=run_id)
+
+
+class _Silent:
+    """A logger for the pre-flight: the flow logs the same lines again, to Prefect."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+def check_before_flow_run(spec, resolved, when: datetime, *, full_refresh: bool = False,
+                          vars: dict[str, Any] | None = None, target: str | None = None,
+                          full_refresh_select: list[str] | None = None, check_drift: bool = True) -> None:
+    """What the flow body would refuse before any block runs, checked before a flow run exists (the
+    CLI): the target's DuckDB file opens (not held by another run, its folder writable), and the
+    full refresh and on_drift plan stands. Raises the MageDbtError the flow run would end Failed with."""
+    from mage_dbt.warehouse.catalog import check_target_opens
+
+    if resolved.dbt_ref is not None:
+        check_target_opens(resolved.dbt_ref)
+    context = run_context(spec, when, full_refresh, vars, target, run_id="preflight")
+    plan_run_refresh(resolved, context, full_refresh_select, check_drift=check_drift, logger=_Silent())
 
 
 def retry_outputs(settings: ProjectSettings, pipeline: str, run_id: str, tags: Any) -> dict[str, Any]:

@@ -52,6 +52,8 @@ def hold_run_lock(data_dir: Path, flow_run_id: str | None) -> Iterator[None]:
     finally:
         with contextlib.suppress(OSError):
             path.unlink()
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()  # a run refused before it wrote anything leaves no folder
         os.close(fd)
 
 

@@ -134,3 +134,20 @@ def target_config(ref: "DbtProjectRef"):
     """The dbt target `ref` runs on, rendered from profiles.yml (the one source of connection settings)."""
     project = yaml.safe_load((ref.project_dir / "dbt_project.yml").read_text()) or {}
     return resolve_target(ref.profiles_dir, str(project.get("profile")), ref.target)
+
+
+def check_target_opens(ref: "DbtProjectRef") -> None:
+    """Before a run exists: `ref`'s DuckDB file opens for writing now (ConfigError naming the file, the
+    cause and the fix: another process holds it, its folder is read-only, ...).
+
+    DuckDB takes one writer per file, so a second run on the same file would otherwise fail inside its
+    flow run. Other targets are not probed (a connection costs a round trip; dbt reports them); a file
+    whose folder does not exist yet is left to dbt, which creates it."""
+    import os
+
+    target = target_config(ref)
+    path = str(target.get("path", ":memory:"))
+    remote = path.startswith((":memory:", "md:", "motherduck:")) or "://" in path  # no local file to hold
+    if target.type != "duckdb" or remote or not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        return
+    connect_raw(target).close()

@@ -66,7 +66,8 @@ def _duckdb_hint(message: str, path: str, target: TargetConfig) -> str:
     if "no space left" in lowered:
         return f"the disk is full: free space on the device holding {folder}"
     if "lock" in lowered:
-        return "another process (dbt?) holds the file; open it once that process is done"
+        return ("another process holds the file (the PID named: another mage-dbt run, dbt or a DuckDB client); "
+                "run again once it is done")
     return f"check the target in {target.profiles_path}"
 
 
