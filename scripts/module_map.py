@@ -76,6 +76,7 @@ NEW_MODULES: tuple[str, ...] = (
     "mage_dbt.warehouse.catalog",
     "mage_dbt.deploy.server_process",
     "mage_dbt.cli.typer_app",
+    "mage_dbt.deploy.zombie_runs",  # issue 22: Prefect's missing-heartbeat automation
 )
 
 # Names renamed where they moved (not rewritten by the script: fix by hand if a branch uses them):
