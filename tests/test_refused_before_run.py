@@ -13,6 +13,7 @@ import duckdb
 from tests.conftest import cli
 from tests.support import refresh as r
 from tests.support.block_pipelines import one_line_error
+from tests.support.fixture_projects import duckdb_file_in
 from tests.test_cli_usage_errors import _cli_under, _read_only
 
 
@@ -73,11 +74,8 @@ def test_a_full_refresh_and_a_rebuild_on_a_held_duckdb_file_are_refused_before_a
 
 def test_a_duckdb_file_in_a_read_only_folder_refuses_the_run_before_a_flow_run(demo_project, tmp_path):
     folder = tmp_path / "ro"
-    folder.mkdir()
+    duckdb_file_in(demo_project, folder)
     profiles = demo_project / "profiles.yml"
-    profiles.write_text(profiles.read_text().replace(
-        "path: \"{{ env_var('MAGE_DBT_DATA_DIR', '.mage_dbt') }}/demo.duckdb\"", f"path: {folder}/demo.duckdb"))
-    assert f"path: {folder}/demo.duckdb" in profiles.read_text()
     (demo_project / "flows" / "rofolder.yaml").write_text((demo_project / "flows" / "demo.yaml").read_text())
     before = _flow_runs_of("rofolder")
     prefix, undo = _read_only(folder)

@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import cli
 from tests.support.block_pipelines import one_line_error
+from tests.support.fixture_projects import duckdb_file_in
 from tests.support.synced_project import configure
 from tests.test_cli_usage_errors import _cli_under, _flow_runs_named, _read_only
 
@@ -116,11 +117,8 @@ def test_a_failed_first_git_sync_leaves_no_lock_behind(demo_project, tmp_path):
 
 def test_a_duckdb_file_in_a_read_only_folder_says_so(demo_project, tmp_path):
     folder = tmp_path / "ro"
-    folder.mkdir()
+    duckdb_file_in(demo_project, folder)
     profiles = demo_project / "profiles.yml"
-    profiles.write_text(profiles.read_text().replace(
-        "path: \"{{ env_var('MAGE_DBT_DATA_DIR', '.mage_dbt') }}/demo.duckdb\"", f"path: {folder}/demo.duckdb"))
-    assert f"path: {folder}/demo.duckdb" in profiles.read_text()
     prefix, undo = _read_only(folder)
     try:
         result = _cli_under(prefix, demo_project, "status", "demo")

@@ -48,3 +48,13 @@ def shop_duckdb(project: Path, sql: str) -> list[tuple]:
 
     with duckdb.connect(str(project / ".mage_dbt" / "shop.duckdb"), read_only=True) as conn:
         return conn.execute(sql).fetchall()
+
+
+def duckdb_file_in(project: Path, folder: Path) -> Path:
+    """Point the demo project's DuckDB target at `folder`/demo.duckdb (profiles.yml rewritten)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    profiles = project / "profiles.yml"
+    profiles.write_text(profiles.read_text().replace(
+        "path: \"{{ env_var('MAGE_DBT_DATA_DIR', '.mage_dbt') }}/demo.duckdb\"", f"path: {folder}/demo.duckdb"))
+    assert f"path: {folder}/demo.duckdb" in profiles.read_text()
+    return folder / "demo.duckdb"
