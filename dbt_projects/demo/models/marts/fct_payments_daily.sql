@@ -5,6 +5,7 @@
   `event_time` is paid_at) to each batch's window. mage_dbt passes the run's interval as that
   window: a run for execution date D (re)writes exactly D's batch; `mage-dbt backfill` over
   D1..D2 writes every day of the range in ONE dbt invocation, one batch per day.
+  unique_key: dbt-postgres merges each batch on it (DuckDB replaces the batch's window).
 #}
 {{
   config(
@@ -13,7 +14,8 @@
     event_time='paid_date',
     batch_size='day',
     begin='2024-01-01',
-    lookback=1
+    lookback=1,
+    unique_key=['paid_date', 'payment_method']
   )
 }}
 
