@@ -240,3 +240,46 @@ def test_overlapping_backfills_of_one_microbatch_model_are_refused(demo_project)
         ok(apart)  # a range that does not overlap runs
     finally:
         os.close(fd)
+
+
+def test_rebuild_of_a_microbatch_model_is_one_full_refresh_invocation_over_the_range(demo_project):
+    backend = _setup(demo_project, "duckdb", None)
+    days = _days("2024-02-01", 5)
+    ok(backend.cli("run", PIPELINE, "--execution-date", "2024-02-03"))
+    backend.execute(f"insert into {{schema}}.{MODEL} values ('2023-06-01', 'stale', 9, 9.00)")  # gone after a full refresh
+    before = len(invocations(demo_project))
+    result = backend.cli("rebuild", PIPELINE, "--select", MODEL, "--start", days[0], "--end", days[-1])
+    ok(result)
+    new = invocations(demo_project)[before:]
+    assert [i["event_time"] for i in new if i.get("event_time")] == [["2024-02-01T00:00:00", "2024-02-06T00:00:00"]]
+    assert len([i for i in new if i["command"] == "build"]) == 1  # no per-date runs after it
+    assert _table(backend) == _expected_payments(days)
+
+
+def test_retry_reruns_only_the_failed_batches_of_a_run(demo_project):
+    backend = _setup(demo_project, "duckdb", None)
+    (demo_project / "flows" / f"{PIPELINE}.yaml").write_text(PIPELINE_YAML + "interval: week\n")  # 7 daily batches
+    model = demo_project / "dbt_projects" / "demo" / "models" / "marts" / f"{MODEL}.sql"
+    model.write_text(model.read_text().replace(*BREAKABLE_FILTER))
+    (demo_project / ".mage_dbt").mkdir(exist_ok=True)
+    backend.execute("create table {schema}.mb_breaks (day date, flag varchar)")
+    backend.execute("insert into {schema}.mb_breaks values ('2024-02-07', 'boom')")
+    week = _days("2024-02-05", 7)  # Monday 2024-02-05 .. Sunday 2024-02-11
+
+    failed = backend.cli("run", PIPELINE, "--execution-date", week[0])
+    assert failed.returncode == 1, failed.stdout[-3000:] + failed.stderr[-3000:]
+    assert "1 of 7 batches failed: 2024-02-07" in failed.stdout + failed.stderr
+    assert "cast" in (failed.stdout + failed.stderr).lower() or "conversion" in (failed.stdout + failed.stderr).lower()
+    assert _table(backend) == _expected_payments([d for d in week if d != "2024-02-07"])
+    batches = _batch_runs(flow_run_id(failed.stdout))
+    assert batches[f"{MODEL} batch 2024-02-07"].state.type.value == "FAILED"
+    assert sum(b.state.type.value == "COMPLETED" for b in batches.values()) == 6
+
+    backend.execute("delete from {schema}.mb_breaks")
+    before = len(invocations(demo_project))
+    retried = backend.cli("retry", PIPELINE)
+    ok(retried)
+    phase = [i for i in invocations(demo_project)[before:] if i.get("event_time")]
+    assert len(phase) == 1 and phase[0]["retry_batches"] == 1
+    assert list(_batch_runs(flow_run_id(retried.stdout))) == [f"{MODEL} batch 2024-02-07"]  # only that batch ran
+    assert _table(backend) == _expected_payments(week)

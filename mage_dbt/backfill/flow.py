@@ -41,7 +41,7 @@ from mage_dbt.backfill.plan import (
     record_path,
     save_plan,
 )
-from mage_dbt.backfill.microbatch_phase import interval_select, refuse_overlapping
+from mage_dbt.backfill.microbatch_phase import interval_select, plan_split, refuse_overlapping
 from mage_dbt.backfill.microbatch_run import run_microbatch_phase
 from mage_dbt.backfill.progress import current_sink
 from mage_dbt.backfill.state import BACKFILL_FLOW_NAME, COMPLETED, count_statuses, interval_statuses, mark_crashed
@@ -100,6 +100,10 @@ def backfill_flow(
         resolved = load_pipeline(settings, plan.pipeline, target=plan.target, select=list(plan.select or ()) or None,
                                  dbt_vars=first_interval_vars(settings, plan))
         check_concurrency(resolved, concurrency or plan.concurrency)
+        split = plan_split(resolved)
+        if split is not None and split.fallback:
+            get_run_logger().warning("microbatch models run interval by interval, each interval with its own "
+                                     "event-time window: %s", split.fallback)
         execution = BackfillExecution(
             settings, plan, concurrency=concurrency or plan.concurrency, keep_going=keep_going,
             parent_flow_run_id=run_id, lock_fd=lock.fd,

@@ -11,6 +11,7 @@ cannot overflow ARG_MAX. Other executors (a subprocess worker, dbt Cloud) plug i
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Protocol, Sequence
 
 from mage_dbt.context import RunContext
@@ -89,6 +90,9 @@ class InProcessDbtExecutor:
         if hasattr(raw.result, "write"):
             raw.result.write(str(ref.target_path / "run_results.json"))
         from_run = {k: v for k, v in results_from_run(raw).items() if k in wanted}
+        for unique_id, error in events.batch_errors.items():  # "PARTIAL SUCCESS (1/5)" alone says not why
+            if unique_id in from_run:
+                from_run[unique_id] = replace(from_run[unique_id], message=f"{from_run[unique_id].message}: {error}")
         results = {**events.finished, **from_run}
         for unique_id in sorted(microbatch & set(from_run)):  # their events did not finish them (NodeEvents)
             listener.node_finished(from_run[unique_id])

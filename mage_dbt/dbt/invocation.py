@@ -185,6 +185,7 @@ class NodeEvents:
         self._microbatch = microbatch or set()
         self._started: set[str] = set()
         self.finished: dict[str, NodeResult] = {}
+        self.batch_errors: dict[str, str] = {}  # microbatch model -> the first error of a batch
 
     def __call__(self, event: Any) -> None:
         name = event.info.name
@@ -200,6 +201,10 @@ class NodeEvents:
                 self._listener.node_started(unique_id)
             return
         if unique_id in self._microbatch:
+            if name == "NodeFinished":  # a batch's own result: keep its first error for the model's message
+                result = result_from_event(unique_id, event.data)
+                if result.status in FAILED_STATUSES and result.message:
+                    self.batch_errors.setdefault(unique_id, result.message)
             self._batch_event(name, unique_id, event.data)
             return
         if name == "NodeFinished":

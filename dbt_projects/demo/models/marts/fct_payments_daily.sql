@@ -5,8 +5,10 @@
   `event_time` is paid_at) to each batch's window. mage_dbt passes the run's interval as that
   window: a run for execution date D (re)writes exactly D's batch; `mage-dbt backfill` over
   D1..D2 writes every day of the range in ONE dbt invocation, one batch per day.
-  unique_key: dbt-postgres merges each batch on it (DuckDB replaces the batch's window).
+  unique_key: dbt-postgres merges each batch on it; dbt-duckdb refuses one (it replaces the
+  batch's window).
 #}
+{%- set merge_key = ['paid_date', 'payment_method'] if target.type == 'postgres' else none -%}
 {{
   config(
     materialized='incremental',
@@ -15,7 +17,7 @@
     batch_size='day',
     begin='2024-01-01',
     lookback=1,
-    unique_key=['paid_date', 'payment_method']
+    unique_key=merge_key
   )
 }}
 
