@@ -28,7 +28,7 @@ from prefect import flow, get_run_logger, tags
 from prefect.context import FlowRunContext
 from prefect.states import Cancelled, Completed, Failed
 
-from mage_dbt.backfill.lock import BackfillLock
+from mage_dbt.backfill.lock import BackfillLock, refuse_overlapping
 from mage_dbt.backfill.plan import (
     BackfillPlan,
     add_parent_run,
@@ -41,7 +41,7 @@ from mage_dbt.backfill.plan import (
     record_path,
     save_plan,
 )
-from mage_dbt.backfill.microbatch_phase import interval_select, plan_split, refuse_overlapping
+from mage_dbt.backfill.microbatch_phase import interval_select, plan_split
 from mage_dbt.backfill.microbatch_run import run_microbatch_phase
 from mage_dbt.backfill.progress import current_sink
 from mage_dbt.backfill.state import BACKFILL_FLOW_NAME, COMPLETED, count_statuses, interval_statuses, mark_crashed

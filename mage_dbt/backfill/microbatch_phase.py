@@ -22,8 +22,6 @@ from typing import Any
 
 import networkx as nx
 
-from mage_dbt.errors import BackfillError
-from mage_dbt.files import flock_held
 
 PHASE_TAG = "backfill-phase:microbatch"
 ONCE_IS_ENOUGH = frozenset({"view", "table", "ephemeral"})  # model materializations; plus seeds, tests
@@ -93,30 +91,3 @@ def _needs_each_interval(pipeline: Any, nodes: Any, name: str, date_readers: set
     if node.resource_type == "model" and node.materialized in ONCE_IS_ENOUGH:
         return None
     return f"is a {node.materialized or node.resource_type} {node.resource_type}"
-
-
-def refuse_overlapping(settings: Any, plan: Any) -> None:
-    """Refuse a backfill whose microbatch models and range overlap those of a running backfill
-    (two invocations writing the same batches at once would interleave their deletes and inserts)."""
-    from mage_dbt.backfill.plan import backfills_dir, load_plan
-
-    if not plan.microbatch_blocks:
-        return
-    mine = set(plan.microbatch_blocks)
-    for path in sorted(backfills_dir(settings).glob("*.json")):
-        other_id = path.stem
-        if other_id == plan.id or flock_held(path.with_suffix(".lock")) is not True:
-            continue
-        try:
-            other = load_plan(settings, other_id)
-        except Exception:  # an unreadable record is not a running backfill of ours
-            continue
-        shared = mine & set(other.microbatch_blocks or ())
-        overlap = other.intervals and plan.intervals and \
-            other.intervals[0].start < plan.intervals[-1].end and plan.intervals[0].start < other.intervals[-1].end
-        if shared and overlap and other.target == plan.target:
-            raise BackfillError(
-                f"backfill {other.id} ({other.start}..{other.end}) is running right now and writes the same "
-                f"microbatch model(s) over an overlapping range: {', '.join(sorted(shared)[:5])}",
-                hint=f"wait for it (mage-dbt backfills {other.id}), or backfill dates outside {other.start}..{other.end}",
-            )

@@ -32,7 +32,7 @@ from mage_dbt.backfill.plan import (
     save_plan,
     size_refusal,
 )
-from mage_dbt.backfill.microbatch_phase import refuse_overlapping
+from mage_dbt.backfill.lock import refuse_overlapping
 from mage_dbt.blocks.outputs import check_data_dir
 from mage_dbt.cli.console import console, err_console
 from mage_dbt.cli.options import ProjectDir, Target, settings_for
