@@ -26,7 +26,7 @@ from mage_dbt.dbt.invocation import NodeResult, count_invocations
 from mage_dbt.dbt.manifest import prune_target_folders
 from mage_dbt.pipelines.pipeline import Pipeline, Unit
 from mage_dbt.refresh.full_refresh import invocation_phases, set_aside_snapshots, settle_snapshots, snapshot_ids
-from mage_dbt.runs.interrupts import CANCELLED_MESSAGE, interrupted
+from mage_dbt.runs.interrupts import CANCELLED_MESSAGE, TimeLimitExceeded, TimeLimits, interrupted, time_limits
 from mage_dbt.runs.task_runs import TaskRunReporter
 from mage_dbt.settings import ProjectSettings
 
@@ -45,6 +45,8 @@ class BlockResult:
     rows: int | None = None
     dbt_status: str | None = None
     unique_id: str | None = None
+    tries: int = 1  # more than 1: retried by its run policy
+    timed_out: bool = False  # failed because it passed its timeout_seconds (Prefect state TimedOut)
 
 
 @dataclass
@@ -77,7 +79,12 @@ class RunSummary:
 
 
 class _BlockListener:
-    """Maps dbt node events onto block results and Prefect task runs."""
+    """Maps dbt node events onto block results and Prefect task runs.
+
+    Run policies: a node that fails (or times out) with tries left is reported AwaitingRetry and
+    put in `retry`; a node dbt did not run because of it (skipped, or not started when a timeout
+    cancelled the invocation) is put in `deferred`, without a state yet. The runner then invokes
+    dbt again for exactly those nodes (`PipelineRunner._next_round`)."""
 
     def __init__(self, pipeline: Pipeline, summary: RunSummary, reporter: TaskRunReporter | None) -> None:
         self._pipeline = pipeline
@@ -85,21 +92,54 @@ class _BlockListener:
         self._reporter = reporter
         self._names = {b.unique_id: b.name for b in pipeline.blocks.values() if b.unique_id}
         self._started: set[str] = set()
+        self.tries: dict[str, int] = {}
+        self.retry: set[str] = set()
+        self.deferred: set[str] = set()
+        self.limits: TimeLimits | None = None
+        self._running: set[str] = set()
 
-    def node_started(self, unique_id: str) -> None:
+    def next_invocation(self, limits: TimeLimits) -> None:
+        self.retry, self.deferred, self.limits, self._running = set(), set(), limits, set()
+
+    def node_started(self, unique_id: str, *, by_dbt: bool = True) -> None:
         block = self._pipeline.blocks[self._names[unique_id]]
         if block.is_ephemeral:
             return  # dbt only compiles it: a task run exists only if that fails
         self._started.add(unique_id)
+        policy = self._pipeline.policy(block.name)
+        if by_dbt:
+            self._running.add(unique_id)
+            self.tries[unique_id] = self.tries.get(unique_id, 0) + 1
+            if self.limits is not None:
+                self.limits.arm(unique_id, policy.timeout_seconds)
         if self._reporter:
-            self._reporter.started(block.name, kind=block.kind,
+            self._reporter.started(block.name, kind=block.kind, retries=policy.retries,
+                                   retrying=self.tries.get(unique_id, 0) > 1,
                                    upstream=through_ephemeral(self._pipeline.blocks, block.upstream))
 
     def node_finished(self, result: NodeResult) -> None:
         block = self._pipeline.blocks[self._names[result.unique_id]]
+        uid = result.unique_id
+        if self.limits is not None:
+            self.limits.disarm(uid)
+        was_running = uid in self._running
+        self._running.discard(uid)
         status = SUCCESS if result.ok else SKIPPED if result.skipped else FAILED
+        timed_out = False
         if status != SUCCESS and interrupted():  # stopped by Ctrl-C, not failed
             status, result = CANCELLED, replace(result, message=CANCELLED_MESSAGE)
+        elif status != SUCCESS and self.limits is not None and self.limits.expired:
+            if not was_running:  # not started when the timeout cancelled the invocation
+                self.deferred.add(uid)
+                return
+            status, timed_out = FAILED, True
+            result = replace(result, message=self._timeout_message(uid))
+        elif status == SKIPPED and self._upstream_pending(block.name):
+            self.deferred.add(uid)
+            return
+        if status == FAILED and not block.is_ephemeral and self.tries.get(uid, 1) < self._pipeline.policy(block.name).tries:
+            self._await_retry(block, uid, result)
+            return
         if block.is_ephemeral and status not in (FAILED, CANCELLED):
             self._summary.ephemeral[block.name] = status
             return
@@ -109,14 +149,52 @@ class _BlockListener:
         self._summary.results[block.name] = BlockResult(
             name=block.name, kind=block.kind, status=status, message=message,
             seconds=round(result.execution_time, 3), rows=result.rows_affected,
-            dbt_status=result.status, unique_id=result.unique_id,
+            dbt_status=result.status, unique_id=result.unique_id, tries=max(self.tries.get(uid, 1), 1),
+            timed_out=timed_out,
         )
         if self._reporter:
             if result.unique_id not in self._started:  # dbt never started it: its task run still has to exist
-                self.node_started(result.unique_id)
-            self._report(block, status, result, message)
+                self.node_started(result.unique_id, by_dbt=False)
+            self._report(block, status, result, message, timed_out)
 
-    def _report(self, block, status, result: NodeResult, message) -> None:
+    def stopped(self, ids: list[str]) -> None:
+        """The invocation was stopped before dbt reported these nodes."""
+        for uid in ids:
+            name = self._names[uid]
+            if not ({uid} & (self.retry | self.deferred) or name in self._summary.results
+                    or name in self._summary.ephemeral):
+                self.node_finished(NodeResult(unique_id=uid, status="error", message="dbt was stopped"))
+
+    def _timeout_message(self, uid: str) -> str:
+        assert self.limits is not None
+        if uid in self.limits.expired:
+            return (f"timed out: ran longer than its timeout_seconds ({self.limits.expired[uid]:g}s); "
+                    "dbt cancelled its queries")
+        culprits = ", ".join(sorted(self._names.get(u, u) for u in self.limits.expired))
+        return f"timed out: the dbt group was cancelled when {culprits} passed its timeout_seconds"
+
+    def _upstream_pending(self, name: str) -> bool:
+        """Whether a node upstream of `name` will run again (retried, or itself waiting)."""
+        import networkx as nx
+
+        waiting = {self._names[u] for u in self.retry | self.deferred}
+        return bool(waiting & nx.ancestors(self._pipeline.graph, name))
+
+    def _await_retry(self, block, uid: str, result: NodeResult) -> None:
+        policy = self._pipeline.policy(block.name)
+        self.retry.add(uid)
+        if self._reporter:
+            tries = self.tries.get(uid, 1)
+            message = f"try {tries} of {policy.tries} failed: {result.message or result.status}"
+            self._reporter.log(block.name, message, logging.WARNING)
+            self._reporter.awaiting_retry(block.name, delay=policy.delay(tries), message=message)
+
+    def retry_delay(self) -> float:
+        """Seconds to wait before the next invocation: the longest delay among the nodes to retry."""
+        return max((self._pipeline.policy(self._names[u]).delay(self.tries.get(u, 1)) for u in self.retry),
+                   default=0.0)
+
+    def _report(self, block, status, result: NodeResult, message, timed_out: bool = False) -> None:
         assert self._reporter is not None
         detail = f"dbt {result.status} in {result.execution_time:.2f}s"
         if result.rows_affected is not None:
@@ -129,7 +207,7 @@ class _BlockListener:
                                     name="Skipped" if status == SKIPPED else "Cancelled", skipped=True)
         else:
             self._reporter.finished(block.name, ok=status == SUCCESS, message=message,
-                                    name="Warn" if result.status == "warn" else None)
+                                    name="TimedOut" if timed_out else "Warn" if result.status == "warn" else None)
 
 
 class PipelineRunner:
@@ -270,38 +348,92 @@ class PipelineRunner:
         return [u for u in ids if names[u] not in blocked]
 
     def _invoke_dbt(self, ids: list[str], full_refresh: bool, listener: _BlockListener) -> None:
+        """dbt for `ids`, then again for the nodes to retry and those waiting on them (run policies)."""
         assert self.pipeline.manifest is not None
         snapshots = snapshot_ids(self.pipeline.manifest, ids) if full_refresh and self.full_refresh_nodes else []
         moved = set_aside_snapshots(self.pipeline.manifest, snapshots) if snapshots else {}
         succeeded: set[str] = set()
         try:
-            outcome = self.executor.run_nodes(
-                self.pipeline.manifest, ids, context=self.context, listener=listener,
-                command="build", full_refresh=full_refresh,
-            )
-            succeeded = {u for u, r in outcome.results.items() if r.ok}
+            pending = list(ids)
+            while pending and not interrupted():
+                with time_limits() as limits:
+                    listener.next_invocation(limits)
+                    try:
+                        outcome = self.executor.run_nodes(
+                            self.pipeline.manifest, pending, context=self.context, listener=listener,
+                            command="build", full_refresh=full_refresh,
+                        )
+                        succeeded |= {u for u, r in outcome.results.items() if r.ok}
+                    except TimeLimitExceeded:  # passed outside dbt's own handling: end what has no result
+                        listener.stopped(pending)
+                pending = self._next_round(ids, listener)
+                delay = listener.retry_delay() if pending else 0.0
+                if delay > 0:
+                    LOG.info("retrying %d dbt node(s) in %.1fs", len(listener.retry), delay)
+                    time.sleep(delay)  # the retry delay of the run policy; Ctrl-C interrupts it
         finally:
             settle_snapshots(self.pipeline.manifest, moved, succeeded)
 
+    def _next_round(self, ids: list[str], listener: _BlockListener) -> list[str]:
+        """The nodes of the next invocation: those to retry, and those that waited on them unless an
+        upstream failed for good (those are skipped now). Never a node that succeeded."""
+        by_id = self.pipeline.blocks_by_id
+        waiting = [u for u in ids if u in listener.deferred]
+        blocked = self._blocked(Unit(id="retry", kind="dbt_group", blocks=tuple(by_id[u] for u in waiting)))
+        for name in sorted(blocked):
+            self._skip(name, blocked[name])
+        return [u for u in ids if u in listener.retry or (u in listener.deferred and by_id[u] not in blocked)]
+
     def _run_block(self, name: str) -> None:
+        """A Python, SQL or dbt command block, tried as often as its run policy allows."""
         block = self.pipeline.blocks[name]
-        if self.reporter:
-            self.reporter.started(name, kind=block.kind, upstream=through_ephemeral(self.pipeline.blocks, block.upstream))
+        policy = self.pipeline.policy(name)
         env = BlockEnv(settings=self.settings, pipeline=self.pipeline, context=self.context,
                        outputs=self.outputs, reporter=self.reporter)
-        started = time.perf_counter()
-        try:
-            outcome = run_block(block, env)
-            status, message = SUCCESS, outcome.message
-            self.outputs[name] = outcome.output
-            rows = outcome.rows
-        except Exception as exc:  # a block's failure is a result, not a crash of the run
-            status, message, rows = FAILED, " ".join(str(exc).split()) or type(exc).__name__, None
-            LOG.debug("block %s failed", name, exc_info=True)
-        seconds = round(time.perf_counter() - started, 3)
+        upstream = through_ephemeral(self.pipeline.blocks, block.upstream)
+        for attempt in range(1, policy.tries + 1):
+            if self.reporter:
+                self.reporter.started(name, kind=block.kind, upstream=upstream, retries=policy.retries,
+                                      retrying=attempt > 1)
+            started = time.perf_counter()
+            status, message, rows, timed_out = self._try_block(block, env, policy.timeout_seconds)
+            seconds = round(time.perf_counter() - started, 3)
+            if status == SUCCESS or attempt == policy.tries or interrupted():
+                break
+            delay = policy.delay(attempt)
+            note = f"try {attempt} of {policy.tries} failed: {message}"
+            if self.reporter:
+                self.reporter.log(name, f"{note}; next try in {delay:.1f}s", logging.WARNING)
+                self.reporter.awaiting_retry(name, delay=delay, message=note)
+            if delay > 0:
+                time.sleep(delay)  # the retry delay of the run policy; Ctrl-C interrupts it
         self.summary.results[name] = BlockResult(name=name, kind=block.kind, status=status, message=message,
-                                                 seconds=seconds, rows=rows)
+                                                 seconds=seconds, rows=rows, tries=attempt, timed_out=timed_out)
         if self.reporter:
             if message:
                 self.reporter.log(name, message, logging.INFO if status == SUCCESS else logging.ERROR)
-            self.reporter.finished(name, ok=status == SUCCESS, message=message)
+            self.reporter.finished(name, ok=status == SUCCESS, message=message,
+                                   name="TimedOut" if timed_out else None)
+
+    def _try_block(self, block, env: BlockEnv, timeout: float | None) -> tuple[str, str | None, int | None, bool]:
+        """One try of a block: (status, message, rows, timed out)."""
+        with time_limits() as limits:
+            try:
+                status, message, rows = self._call_block(block, env, limits, timeout)
+            except TimeLimitExceeded:
+                status, message, rows = FAILED, None, None
+        if status != SUCCESS and limits.expired:
+            return FAILED, f"timed out: ran longer than its timeout_seconds ({timeout:g}s)", None, True
+        return status, message, rows, False
+
+    def _call_block(self, block, env: BlockEnv, limits: TimeLimits, timeout: float | None):
+        limits.arm(block.name, timeout)
+        try:
+            outcome = run_block(block, env)
+            self.outputs[block.name] = outcome.output
+            return SUCCESS, outcome.message, outcome.rows
+        except Exception as exc:  # a block's failure is a result, not a crash of the run
+            LOG.debug("block %s failed", block.name, exc_info=True)
+            return FAILED, " ".join(str(exc).split()) or type(exc).__name__, None
+        finally:
+            limits.disarm(block.name)
