@@ -105,6 +105,8 @@ class _BlockListener:
         block = self._pipeline.blocks[self._names[unique_id]]
         if block.is_ephemeral:
             return  # dbt only compiles it: a task run exists only if that fails
+        if by_dbt and self._upstream_pending(block.name):
+            return  # dbt starts it only to skip it: it runs in the next invocation
         self._started.add(unique_id)
         policy = self._pipeline.policy(block.name)
         if by_dbt:
