@@ -76,6 +76,23 @@ def test_retry_delays_constant_exponential_and_jitter():
     assert all(5 <= d <= 15 for d in delays) and len(set(delays)) > 40
 
 
+def test_time_limits_stop_the_main_thread_only_for_a_deadline_still_armed():
+    from mage_dbt.runs.interrupts import TimeLimitExceeded, time_limits
+
+    started = time.monotonic()
+    with pytest.raises(TimeLimitExceeded):
+        with time_limits() as limits:
+            limits.arm("slow", 0.3)
+            limits.arm("later", 30)
+            time.sleep(20)  # the work being stopped, not a wait for something
+    assert limits.expired == {"slow": 0.3} and time.monotonic() - started < 10
+    with time_limits() as limits:
+        limits.arm("done", 0.2)
+        limits.disarm("done")
+        time.sleep(0.5)
+    assert limits.expired == {}
+
+
 # -- Python blocks ----------------------------------------------------------------------------------
 FLAKY = """
     from pathlib import Path

@@ -22,6 +22,7 @@ where it is. Unlike Ctrl-C it does not mark the run interrupted: the runner ends
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -95,6 +96,9 @@ class TimeLimits:
         self._active = enforced
 
     def arm(self, key: str, seconds: float | None) -> None:
+        if seconds and not self.enforced:
+            logging.getLogger("mage_dbt.runner").warning(
+                "timeout_seconds of %s is not enforced: the run is not in its process's main thread", key)
         if not seconds or not self._active:
             return
         with self._lock:
