@@ -5,6 +5,11 @@ through the runner registered for their kind (`mage_dbt.blocks.runners`). A bloc
 failed or was skipped is reported as skipped (never silently missing); independent branches still
 run. Every block gets a Prefect task run through the `TaskRunReporter` when one is given.
 
+Run policies (`mage_dbt.pipelines.run_policies`): a failed block with retries left is tried again in
+this run; for a dbt group, dbt is invoked again for exactly the failed nodes and the nodes they held
+up, never one that succeeded. A timeout stops the block or the dbt invocation through
+`mage_dbt.runs.interrupts.time_limits` (as Ctrl-C does); its running blocks end TimedOut.
+
 Ephemeral models are the exception: dbt compiles them into the models that ref them and never runs
 them, so they get no task run and no row in the summary (`RunSummary.ephemeral` lists them) unless
 compiling one fails, which fails that block like any other. Task-run upstreams look through them.
