@@ -193,7 +193,7 @@ def test_a_timed_out_try_is_retried_when_retries_are_left(demo_project):
             return 1
         """
     write_pipeline(demo_project, "slow_once", {
-        "run_policy": {"retries": 1, "timeout_seconds": 2},
+        "run_policy": {"retries": 1, "timeout_seconds": 8},  # room for loading the block on a busy machine
         "blocks": [{"name": "once_slow", "type": "python", "file": "flows/slow_once/once_slow.py"}],
     }, {"flows/slow_once/once_slow.py": once_slow})
     result = cli(demo_project, "run", "slow_once", *DATE)
