@@ -67,8 +67,8 @@ POLICY_CASES = {
         "p_dbtkey", "dbt:\n  select: ['*']\n  policies:\n    - select: tag:x\n      retry: 1\n", 5,
         "'dbt.policies.0.retry'"),
     "policy: selector matches nothing": _policy_case(
-        "p_nothing", "dbt:\n  select: ['*']\n  policies:\n    - {select: stg_orders, retries: 1}\n    - select: tag:no_such_tag\n"
-        "      retries: 2\n", 5, "run policy selector 'tag:no_such_tag' matches none"),
+        "p_nothing", "dbt:\n  select: ['*']\n  policies:\n    - {select: stg_orders, retries: 1}\n"
+        "    - select: tag:no_such_tag\n      retries: 2\n", 5, "run policy selector 'tag:no_such_tag' matches none"),
 }
 
 

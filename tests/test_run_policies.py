@@ -265,7 +265,8 @@ def test_a_dbt_model_that_keeps_failing_is_tried_as_often_as_its_policy_says(dem
     assert data["results"]["always_broken"]["tries"] == 3
     assert data["results"]["after_broken"]["status"] == "skipped"
     builds = [r["nodes"] for r in invocations(demo_project)[before:] if r["command"] == "build"]
-    assert builds == [len(data["results"]), 2, 2], (builds, {n: (r["status"], r["tries"]) for n, r in data["results"].items() if r["status"] != "success"})
+    not_ok = {n: (r["status"], r["tries"]) for n, r in data["results"].items() if r["status"] != "success"}
+    assert builds == [len(data["results"]), 2, 2], (builds, not_ok)
     runs = task_runs(run_id)
     assert (runs["always_broken"].state.type.value, runs["always_broken"].run_count) == ("FAILED", 3)
     assert runs["after_broken"].state.name == "Skipped"

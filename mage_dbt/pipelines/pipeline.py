@@ -174,7 +174,8 @@ def _policies(settings, spec: PipelineSpec, blocks: dict[str, Block], loaded) ->
     if unmatched:
         entry = spec.dbt.policies[unmatched[0]]
         try:
-            where = where_in_file(pipeline_path(settings.flows_dir, spec.name), ["dbt", "policies", unmatched[0], "select"])
+            path = pipeline_path(settings.flows_dir, spec.name)
+            where = where_in_file(path, ["dbt", "policies", unmatched[0], "select"])
         except ConfigError:  # a spec built in code, not read from a file
             where = f"pipeline '{spec.name}'"
         raise ConfigError(

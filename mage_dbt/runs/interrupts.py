@@ -132,10 +132,11 @@ class TimeLimits:
 
 
 @contextlib.contextmanager
-def time_limits() -> Iterator[TimeLimits]:
+def time_limits(needed: bool = True) -> Iterator[TimeLimits]:
     """Deadlines enforced while the block runs; outside the main thread they are not enforced
-    (signals reach the main thread only) and `enforced` is False."""
-    if threading.current_thread() is not threading.main_thread():
+    (signals reach the main thread only) and `enforced` is False. `needed=False`: nothing will be
+    armed, SIGALRM is left alone."""
+    if not needed or threading.current_thread() is not threading.main_thread():
         yield TimeLimits(enforced=False)
         return
     limits = TimeLimits(enforced=True)

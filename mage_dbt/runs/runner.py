@@ -184,9 +184,10 @@ class PipelineRunner:
         moved = set_aside_snapshots(self.pipeline.manifest, snapshots) if snapshots else {}
         succeeded: set[str] = set()
         try:
-            pending = list(ids)
+            pending, by_id = list(ids), self.pipeline.blocks_by_id
             while pending and not interrupted():
-                with time_limits() as limits:
+                timed = any(self.pipeline.policy(by_id[u]).timeout_seconds for u in pending)
+                with time_limits(timed) as limits:
                     listener.next_invocation(limits)
                     try:
                         outcome = self.executor.run_nodes(
@@ -247,7 +248,7 @@ class PipelineRunner:
 
     def _try_block(self, block, env: BlockEnv, timeout: float | None) -> tuple[str, str | None, int | None, bool]:
         """One try of a block: (status, message, rows, timed out)."""
-        with time_limits() as limits:
+        with time_limits(timeout is not None) as limits:
             try:
                 status, message, rows = self._call_block(block, env, limits, timeout)
             except TimeLimitExceeded:
