@@ -81,14 +81,6 @@ class RunPolicy:
             base += (rng or random).uniform(-spread, spread)
         return max(base, 0.0)
 
-    def describe(self) -> str:
-        parts = [f"retries={self.retries}"] if self.retries else []
-        if self.retries and self.retry_delay_seconds:
-            parts.append(f"delay={self.retry_delay_seconds:g}s {self.retry_backoff}")
-        if self.timeout_seconds:
-            parts.append(f"timeout={self.timeout_seconds:g}s")
-        return ", ".join(parts) or "no retries, no timeout"
-
 
 DEFAULT_POLICY = RunPolicy()
 
