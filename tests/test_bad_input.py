@@ -41,6 +41,37 @@ def _data_folder_is_a_file(project):
     return ["run", "demo", "--execution-date", "2024-02-01"], f"cannot create {project / '.mage_dbt'}: File exists"
 
 
+def _policy_case(name, text, expected_line, expected):
+    def case(project):
+        (project / "flows" / f"{name}.yaml").write_text(text)
+        return ["run", name, "--execution-date", "2024-02-01"], f"{name}.yaml:{expected_line}: {expected}"
+    return case
+
+
+# Run policies (README "Retries and timeouts"): each mistake names the file and the line of the key.
+POLICY_CASES = {
+    "policy: unknown key": _policy_case(
+        "p_key", "dbt:\n  select: ['*']\nrun_policy:\n  retires: 2\n", 4, "'run_policy.retires'"),
+    "policy: negative retries": _policy_case(
+        "p_retries", "blocks:\n  - name: a\n    type: python\n    retries: -1\n", 4, "'blocks.0.retries'"),
+    "policy: zero timeout": _policy_case(
+        "p_timeout", "dbt:\n  select: ['*']\n  policies:\n    - select: tag:x\n      timeout_seconds: 0\n",
+        5, "'dbt.policies.0.timeout_seconds'"),
+    "policy: negative timeout": _policy_case(
+        "p_timeout2", "dbt:\n  select: ['*']\nrun_policy: {timeout_seconds: -5}\n", 3,
+        "'run_policy.timeout_seconds'"),
+    "policy: negative delay": _policy_case(
+        "p_delay", "dbt:\n  select: ['*']\nrun_policy:\n  retries: 1\n  retry_delay_seconds: -1\n", 5,
+        "'run_policy.retry_delay_seconds'"),
+    "policy: unknown key in a dbt policy": _policy_case(
+        "p_dbtkey", "dbt:\n  select: ['*']\n  policies:\n    - select: tag:x\n      retry: 1\n", 5,
+        "'dbt.policies.0.retry'"),
+    "policy: selector matches nothing": _policy_case(
+        "p_nothing", "dbt:\n  select: ['*']\n  policies:\n    - {select: stg_orders, retries: 1}\n"
+        "    - select: tag:no_such_tag\n      retries: 2\n", 5, "run policy selector 'tag:no_such_tag' matches none"),
+}
+
+
 CASES = {
     "unknown pipeline": lambda p: (["run", "nope", "--execution-date", "2024-02-01"], "unknown pipeline 'nope'"),
     "unknown target": lambda p: (["run", "demo", "--execution-date", "2024-02-01", "--target", "prod"], "unknown target 'prod'"),
@@ -51,6 +82,7 @@ CASES = {
     "missing profiles.yml": _missing_profiles,
     "project does not parse": _unparseable_project,
     "data folder is a file": _data_folder_is_a_file,
+    **POLICY_CASES,
 }
 
 

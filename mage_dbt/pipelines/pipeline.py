@@ -21,7 +21,8 @@ from mage_dbt.blocks.edges import infer_edges
 from mage_dbt.context import run_dbt_vars
 from mage_dbt.dbt.manifest import DbtProjectRef, LoadedManifest, load_manifest
 from mage_dbt.errors import ConfigError, SelectionError
-from mage_dbt.pipelines.spec import PipelineSpec, dbt_project_ref, load_pipeline_spec, pipeline_path
+from mage_dbt.pipelines.run_policies import DEFAULT_POLICY, RunPolicy, resolve_policies
+from mage_dbt.pipelines.spec import PipelineSpec, dbt_project_ref, load_pipeline_spec, pipeline_path, where_in_file
 from mage_dbt.settings import ProjectSettings
 
 MODEL_ONLY_TYPES = ("model",)
@@ -61,6 +62,11 @@ class Pipeline:
     dbt_ref: DbtProjectRef | None = None
     unit_of: dict[str, str] = field(default_factory=dict)
     origin: PipelineOrigin | None = None
+    policies: dict[str, RunPolicy] = field(default_factory=dict)  # blocks with retries or a timeout
+
+    def policy(self, name: str) -> RunPolicy:
+        """The effective run policy of block `name` (mage_dbt.pipelines.run_policies)."""
+        return self.policies.get(name, DEFAULT_POLICY)
 
     @property
     def name(self) -> str:
@@ -154,11 +160,29 @@ def build_pipeline(
                             translator=translator, dbt_ref=dbt_ref)
     pipeline = Pipeline(spec=spec, blocks=blocks, graph=graph, units=units, manifest=loaded, dbt_ref=ref, origin=origin)
     pipeline.unit_of = {b: u.id for u in units for b in u.blocks}
+    pipeline.policies = _policies(settings, spec, blocks, loaded)
     if select:
         selected = restrict(pipeline, select_blocks(pipeline, select))
         selected.origin = origin  # resolved again, `select` chooses again
         return selected
     return pipeline
+
+
+def _policies(settings, spec: PipelineSpec, blocks: dict[str, Block], loaded) -> dict[str, RunPolicy]:
+    """Each block's run policy; a `dbt: policies:` selector that picks none of the pipeline's nodes is refused."""
+    policies, unmatched = resolve_policies(spec, blocks, (lambda s: loaded.select([s])) if loaded else None)
+    if unmatched:
+        entry = spec.dbt.policies[unmatched[0]]
+        try:
+            path = pipeline_path(settings.flows_dir, spec.name)
+            where = where_in_file(path, ["dbt", "policies", unmatched[0], "select"])
+        except ConfigError:  # a spec built in code, not read from a file
+            where = f"pipeline '{spec.name}'"
+        raise ConfigError(
+            f"{where}: run policy selector '{entry.select}' matches none of the pipeline's dbt nodes",
+            hint=f"fix the selector (list the blocks with `mage-dbt blocks {spec.name}`) or remove the policy",
+        )
+    return policies
 
 
 def select_blocks(pipeline: Pipeline, selectors: list[str]) -> set[str]:
@@ -291,6 +315,7 @@ def restrict(pipeline: Pipeline, names: set[str]) -> Pipeline:
     restricted = Pipeline(
         spec=pipeline.spec, blocks=blocks, graph=sub, units=units,
         manifest=pipeline.manifest, dbt_ref=pipeline.dbt_ref, origin=origin,
+        policies={n: p for n, p in pipeline.policies.items() if n in names},
     )
     restricted.unit_of = {b: u.id for u in units for b in u.blocks}
     return restricted

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mage_dbt.dbt.manifest import DbtProjectRef
 from mage_dbt.errors import ConfigError, PipelineNotFound
+from mage_dbt.pipelines.run_policies import POLICY_KEYS, PolicyFields, RunPolicySpec, SelectionPolicy
 from mage_dbt.pipelines.schedules import check_cron, check_kind, check_timezone
 from mage_dbt.settings import ProjectSettings
 
@@ -56,12 +57,13 @@ class DbtSelection(BaseModel):
     # D's batches; a backfill D1..D2 all of them, in one invocation); dbt_now = no window is
     # passed and dbt picks the batches from the current time and `lookback`, as a plain `dbt run`.
     event_time_window: Literal["run_interval", "dbt_now"] = "run_interval"
+    policies: list[SelectionPolicy] = Field(default_factory=list)  # run policies by dbt selector
 
     _lists = field_validator("select", "exclude", mode="before")(lambda cls, v: _as_list(v))
 
 
-class BlockSpec(BaseModel):
-    """A non-dbt block; kind-specific keys are validated by the block's runner."""
+class BlockSpec(PolicyFields):
+    """A non-dbt block (with its run policy keys); kind-specific keys are validated by the block's runner."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -116,6 +118,7 @@ class PipelineSpec(BaseModel):
     full_refresh_schedule: ScheduleSpec | None = None
     on_drift: Literal["fail", "full_refresh", "warn"] = "fail"
     sync_on_run: bool = False
+    run_policy: RunPolicySpec = Field(default_factory=RunPolicySpec)  # retries/timeouts of every block
     blocks: list[BlockSpec] = Field(default_factory=list)
 
     def block_spec(self, name: str) -> BlockSpec | None:
@@ -177,7 +180,8 @@ def load_pipeline_spec(flows_dir: Path, name: str) -> PipelineSpec:
 
 
 # The block options each runner reads (besides name, type, file, upstream); anything else would be
-# silently ignored, so it is refused (a typo, or an option of a later version such as `retries`).
+# silently ignored, so it is refused (a typo, or an option of a later version). Every kind also takes
+# the run policy keys (mage_dbt.pipelines.run_policies).
 BLOCK_OPTIONS = {
     "python": ("writes", "poke_interval", "timeout"),
     "sql": ("dialect", "materialize", "table", "schema", "check"),
@@ -193,12 +197,12 @@ def _refuse_unknown_options(spec: PipelineSpec, root: Any, path: Path) -> None:
         for key in block.model_extra or {}:
             if key in known:
                 continue
-            close = difflib.get_close_matches(key, [*known, "upstream", "file"], n=1, cutoff=0.75)
+            close = difflib.get_close_matches(key, [*known, "upstream", "file", *POLICY_KEYS], n=1, cutoff=0.75)
             hint = f"did you mean '{close[0]}'? " if close else "remove it; "
             raise ConfigError(
                 f"{path}:{_line_of(root, ['blocks', index, key])}: block '{block.name}': unknown option "
                 f"'{key}' (mage_dbt does not read it, it would be ignored)",
-                hint=f"{hint}{block.type} blocks take: {', '.join(('file', 'upstream', *known))}",
+                hint=f"{hint}{block.type} blocks take: {', '.join(('file', 'upstream', *known, *POLICY_KEYS))}",
             )
 
 
@@ -220,6 +224,14 @@ def _line_of(node: Any, loc: list[Any]) -> int:
             break
         node = child
     return line
+
+
+def where_in_file(path: Path, loc: list[Any]) -> str:
+    """`file:line` of the key at `loc` of a pipeline file (for checks made after loading it)."""
+    try:
+        return f"{path}:{_line_of(yaml.compose(path.read_text()), loc)}"
+    except (OSError, yaml.YAMLError):
+        return str(path)
 
 
 def dbt_project_ref(settings: ProjectSettings, spec: PipelineSpec, target: str | None) -> DbtProjectRef:

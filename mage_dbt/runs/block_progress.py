@@ -84,11 +84,17 @@ class ProgressReporter:
         self._started: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def started(self, block: str, *, kind: str, upstream: tuple[str, ...] = (), tags: tuple[str, ...] = ()) -> Any:
+    def started(self, block: str, *, kind: str, upstream: tuple[str, ...] = (), tags: tuple[str, ...] = (),
+                retries: int = 0, retrying: bool = False) -> Any:
         with self._lock:
             self._started.setdefault(block, time.perf_counter())
         self.sink.block_started(block, kind)
-        return self.inner.started(block, kind=kind, upstream=upstream, tags=tags) if self.inner else None
+        return self.inner.started(block, kind=kind, upstream=upstream, tags=tags, retries=retries,
+                                  retrying=retrying) if self.inner else None
+
+    def awaiting_retry(self, block: str, *, delay: float, message: str | None = None) -> None:
+        if self.inner:
+            self.inner.awaiting_retry(block, delay=delay, message=message)
 
     def finished(self, block: str, *, ok: bool, message: str | None = None, name: str | None = None,
                  skipped: bool = False) -> None:

@@ -5,6 +5,11 @@ through the runner registered for their kind (`mage_dbt.blocks.runners`). A bloc
 failed or was skipped is reported as skipped (never silently missing); independent branches still
 run. Every block gets a Prefect task run through the `TaskRunReporter` when one is given.
 
+Run policies (`mage_dbt.pipelines.run_policies`): a failed block with retries left is tried again in
+this run; for a dbt group, dbt is invoked again for exactly the failed nodes and the nodes they held
+up, never one that succeeded. A timeout stops the block or the dbt invocation through
+`mage_dbt.runs.interrupts.time_limits` (as Ctrl-C does); its running blocks end TimedOut.
+
 Ephemeral models are the exception: dbt compiles them into the models that ref them and never runs
 them, so they get no task run and no row in the summary (`RunSummary.ephemeral` lists them) unless
 compiling one fails, which fails that block like any other. Task-run upstreams look through them.
@@ -14,139 +19,25 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
 
 from mage_dbt.blocks.block import through_ephemeral
 from mage_dbt.blocks.outputs import OutputStore
 from mage_dbt.blocks.runners import BlockEnv, run_block
 from mage_dbt.context import RunContext
 from mage_dbt.dbt.executor import DbtExecutor, InProcessDbtExecutor
-from mage_dbt.dbt.invocation import NodeResult, count_invocations
+from mage_dbt.dbt.invocation import count_invocations
 from mage_dbt.dbt.manifest import prune_target_folders
-from mage_dbt.dbt.microbatch import window_label
 from mage_dbt.pipelines.pipeline import Pipeline, Unit
 from mage_dbt.refresh.full_refresh import invocation_phases, set_aside_snapshots, settle_snapshots, snapshot_ids
-from mage_dbt.runs.interrupts import CANCELLED_MESSAGE, interrupted
+from mage_dbt.runs.block_results import CANCELLED, FAILED, SKIPPED, SUCCESS, BlockResult, RunSummary
+from mage_dbt.runs.dbt_listener import DbtNodeListener
+from mage_dbt.runs.interrupts import CANCELLED_MESSAGE, TimeLimitExceeded, TimeLimits, interrupted, time_limits
 from mage_dbt.runs.task_runs import TaskRunReporter
 from mage_dbt.settings import ProjectSettings
 
 LOG = logging.getLogger("mage_dbt.runner")
 
-SUCCESS, FAILED, SKIPPED, CANCELLED = "success", "failed", "skipped", "cancelled"
-
-
-@dataclass
-class BlockResult:
-    name: str
-    kind: str
-    status: str
-    message: str | None = None
-    seconds: float = 0.0
-    rows: int | None = None
-    dbt_status: str | None = None
-    unique_id: str | None = None
-    # Microbatch models: dbt's batches that failed ([start, end) ISO pairs; a retry runs only these).
-    failed_batches: list[list[str]] | None = None
-    batches: int | None = None
-
-
-@dataclass
-class RunSummary:
-    pipeline: str
-    execution_date: str
-    results: dict[str, BlockResult] = field(default_factory=dict)
-    dbt_invocations: int = 0
-    # Ephemeral models dbt compiled (success) or did not reach (skipped): not blocks that ran.
-    ephemeral: dict[str, str] = field(default_factory=dict)
-    # Ctrl-C stopped the run: blocks that did not finish are CANCELLED (mage_dbt.runs.interrupts).
-    interrupted: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return all(r.status == SUCCESS for r in self.results.values())
-
-    def names(self, status: str) -> list[str]:
-        return sorted(n for n, r in self.results.items() if r.status == status)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "pipeline": self.pipeline,
-            "execution_date": self.execution_date,
-            "dbt_invocations": self.dbt_invocations,
-            "results": {n: asdict(r) for n, r in self.results.items()},
-            "ephemeral": dict(self.ephemeral),
-            "interrupted": self.interrupted,
-        }
-
-
-class _BlockListener:
-    """Maps dbt node events onto block results and Prefect task runs."""
-
-    def __init__(self, pipeline: Pipeline, summary: RunSummary, reporter: TaskRunReporter | None) -> None:
-        self._pipeline = pipeline
-        self._summary = summary
-        self._reporter = reporter
-        self._names = {b.unique_id: b.name for b in pipeline.blocks.values() if b.unique_id}
-        self._started: set[str] = set()
-
-    def node_started(self, unique_id: str) -> None:
-        block = self._pipeline.blocks[self._names[unique_id]]
-        if block.is_ephemeral:
-            return  # dbt only compiles it: a task run exists only if that fails
-        self._started.add(unique_id)
-        if self._reporter:
-            self._reporter.started(block.name, kind=block.kind,
-                                   upstream=through_ephemeral(self._pipeline.blocks, block.upstream))
-
-    def node_finished(self, result: NodeResult) -> None:
-        block = self._pipeline.blocks[self._names[result.unique_id]]
-        status = SUCCESS if result.ok else SKIPPED if result.skipped else FAILED
-        if status != SUCCESS and interrupted():  # stopped by Ctrl-C, not failed
-            status, result = CANCELLED, replace(result, message=CANCELLED_MESSAGE)
-        if block.is_ephemeral and status not in (FAILED, CANCELLED):
-            self._summary.ephemeral[block.name] = status
-            return
-        message = result.message
-        if status == SKIPPED:
-            message = result.message or "skipped by dbt: an upstream node failed"
-        batches = len(result.batches_ok) + len(result.batches_failed)
-        if result.batches_failed:
-            message = (f"{len(result.batches_failed)} of {batches} batches failed: "
-                       f"{', '.join(window_label(w) for w in result.batches_failed[:10])} ({result.message})")
-        self._summary.results[block.name] = BlockResult(
-            name=block.name, kind=block.kind, status=status, message=message,
-            seconds=round(result.execution_time, 3), rows=result.rows_affected,
-            dbt_status=result.status, unique_id=result.unique_id,
-            failed_batches=[list(w) for w in result.batches_failed] or None, batches=batches or None,
-        )
-        if self._reporter:
-            if result.unique_id not in self._started:  # dbt never started it: its task run still has to exist
-                self.node_started(result.unique_id)
-            self._report(block, status, result, message)
-
-    def batch_started(self, unique_id: str, label: str) -> None:
-        if self._reporter:
-            self._reporter.batch_started(self._names[unique_id], label)
-
-    def batch_finished(self, unique_id: str, label: str, *, ok: bool, skipped: bool, seconds: float) -> None:
-        if self._reporter:
-            self._reporter.batch_finished(self._names[unique_id], label, ok=ok, skipped=skipped, seconds=seconds)
-
-    def _report(self, block, status, result: NodeResult, message) -> None:
-        assert self._reporter is not None
-        detail = f"dbt {result.status} in {result.execution_time:.2f}s"
-        if result.rows_affected is not None:
-            detail += f", {result.rows_affected} rows"
-        if message:
-            detail += f": {message}"
-        self._reporter.log(block.name, detail, logging.INFO if status == SUCCESS else logging.ERROR)
-        if status in (SKIPPED, CANCELLED):
-            self._reporter.finished(block.name, ok=False, message=message,
-                                    name="Skipped" if status == SKIPPED else "Cancelled", skipped=True)
-        else:
-            self._reporter.finished(block.name, ok=status == SUCCESS, message=message,
-                                    name="Warn" if result.status == "warn" else None)
+__all__ = ["PipelineRunner", "RunSummary", "BlockResult", "SUCCESS", "FAILED", "SKIPPED", "CANCELLED"]
 
 
 class PipelineRunner:
@@ -266,7 +157,7 @@ class PipelineRunner:
     def _run_dbt(self, unit: Unit, todo: list[str]) -> None:
         assert self.pipeline.manifest is not None
         ids = [self.pipeline.blocks[n].unique_id for n in todo]
-        listener = _BlockListener(self.pipeline, self.summary, self.reporter)
+        listener = DbtNodeListener(self.pipeline, self.summary, self.reporter)
         if self.full_refresh_nodes is None:
             phases = [(ids, self.context.full_refresh)]
         else:  # a targeted full refresh: --full-refresh only for the targeted nodes (mage_dbt.refresh.full_refresh)
@@ -286,39 +177,94 @@ class PipelineRunner:
             self._skip(name, blocked[name])
         return [u for u in ids if names[u] not in blocked]
 
-    def _invoke_dbt(self, ids: list[str], full_refresh: bool, listener: _BlockListener) -> None:
+    def _invoke_dbt(self, ids: list[str], full_refresh: bool, listener: DbtNodeListener) -> None:
+        """dbt for `ids`, then again for the nodes to retry and those waiting on them (run policies)."""
         assert self.pipeline.manifest is not None
         snapshots = snapshot_ids(self.pipeline.manifest, ids) if full_refresh and self.full_refresh_nodes else []
         moved = set_aside_snapshots(self.pipeline.manifest, snapshots) if snapshots else {}
         succeeded: set[str] = set()
         try:
-            outcome = self.executor.run_nodes(
-                self.pipeline.manifest, ids, context=self.context, listener=listener,
-                command="build", full_refresh=full_refresh,
-            )
-            succeeded = {u for u, r in outcome.results.items() if r.ok}
+            pending, by_id = list(ids), self.pipeline.blocks_by_id
+            while pending and not interrupted():
+                timed = any(self.pipeline.policy(by_id[u]).timeout_seconds for u in pending)
+                with time_limits(timed) as limits:
+                    listener.next_invocation(limits)
+                    try:
+                        outcome = self.executor.run_nodes(
+                            self.pipeline.manifest, pending, context=self.context, listener=listener,
+                            command="build", full_refresh=full_refresh,
+                        )
+                        succeeded |= {u for u, r in outcome.results.items() if r.ok}
+                    except TimeLimitExceeded:  # passed outside dbt's own handling: end what has no result
+                        listener.stopped(pending)
+                pending = self._next_round(ids, listener)
+                delay = listener.retry_delay() if pending else 0.0
+                if delay > 0:
+                    LOG.info("retrying %d dbt node(s) in %.1fs", len(listener.retry), delay)
+                    time.sleep(delay)  # the retry delay of the run policy; Ctrl-C interrupts it
         finally:
             settle_snapshots(self.pipeline.manifest, moved, succeeded)
 
+    def _next_round(self, ids: list[str], listener: DbtNodeListener) -> list[str]:
+        """The nodes of the next invocation: those to retry, and those that waited on them unless an
+        upstream failed for good (those are skipped now). Never a node that succeeded."""
+        by_id = self.pipeline.blocks_by_id
+        waiting = [u for u in ids if u in listener.deferred]
+        blocked = self._blocked(Unit(id="retry", kind="dbt_group", blocks=tuple(by_id[u] for u in waiting)))
+        for name in sorted(blocked):
+            self._skip(name, blocked[name])
+        return [u for u in ids if u in listener.retry or (u in listener.deferred and by_id[u] not in blocked)]
+
     def _run_block(self, name: str) -> None:
+        """A Python, SQL or dbt command block, tried as often as its run policy allows."""
         block = self.pipeline.blocks[name]
-        if self.reporter:
-            self.reporter.started(name, kind=block.kind, upstream=through_ephemeral(self.pipeline.blocks, block.upstream))
+        policy = self.pipeline.policy(name)
         env = BlockEnv(settings=self.settings, pipeline=self.pipeline, context=self.context,
                        outputs=self.outputs, reporter=self.reporter)
-        started = time.perf_counter()
-        try:
-            outcome = run_block(block, env)
-            status, message = SUCCESS, outcome.message
-            self.outputs[name] = outcome.output
-            rows = outcome.rows
-        except Exception as exc:  # a block's failure is a result, not a crash of the run
-            status, message, rows = FAILED, " ".join(str(exc).split()) or type(exc).__name__, None
-            LOG.debug("block %s failed", name, exc_info=True)
-        seconds = round(time.perf_counter() - started, 3)
+        upstream = through_ephemeral(self.pipeline.blocks, block.upstream)
+        for attempt in range(1, policy.tries + 1):
+            if self.reporter:
+                self.reporter.started(name, kind=block.kind, upstream=upstream, retries=policy.retries,
+                                      retrying=attempt > 1)
+            started = time.perf_counter()
+            status, message, rows, timed_out = self._try_block(block, env, policy.timeout_seconds)
+            seconds = round(time.perf_counter() - started, 3)
+            if status == SUCCESS or attempt == policy.tries or interrupted():
+                break
+            delay = policy.delay(attempt)
+            note = f"try {attempt} of {policy.tries} failed: {message}"
+            if self.reporter:
+                self.reporter.log(name, f"{note}; next try in {delay:.1f}s", logging.WARNING)
+                self.reporter.awaiting_retry(name, delay=delay, message=note)
+            if delay > 0:
+                time.sleep(delay)  # the retry delay of the run policy; Ctrl-C interrupts it
         self.summary.results[name] = BlockResult(name=name, kind=block.kind, status=status, message=message,
-                                                 seconds=seconds, rows=rows)
+                                                 seconds=seconds, rows=rows, tries=attempt, timed_out=timed_out)
         if self.reporter:
             if message:
                 self.reporter.log(name, message, logging.INFO if status == SUCCESS else logging.ERROR)
-            self.reporter.finished(name, ok=status == SUCCESS, message=message)
+            self.reporter.finished(name, ok=status == SUCCESS, message=message,
+                                   name="TimedOut" if timed_out else None)
+
+    def _try_block(self, block, env: BlockEnv, timeout: float | None) -> tuple[str, str | None, int | None, bool]:
+        """One try of a block: (status, message, rows, timed out)."""
+        with time_limits(timeout is not None) as limits:
+            try:
+                status, message, rows = self._call_block(block, env, limits, timeout)
+            except TimeLimitExceeded:
+                status, message, rows = FAILED, None, None
+        if status != SUCCESS and limits.expired:
+            return FAILED, f"timed out: ran longer than its timeout_seconds ({timeout:g}s)", None, True
+        return status, message, rows, False
+
+    def _call_block(self, block, env: BlockEnv, limits: TimeLimits, timeout: float | None):
+        limits.arm(block.name, timeout)
+        try:
+            outcome = run_block(block, env)
+            self.outputs[block.name] = outcome.output
+            return SUCCESS, outcome.message, outcome.rows
+        except Exception as exc:  # a block's failure is a result, not a crash of the run
+            LOG.debug("block %s failed", block.name, exc_info=True)
+            return FAILED, " ".join(str(exc).split()) or type(exc).__name__, None
+        finally:
+            limits.disarm(block.name)

@@ -6,7 +6,10 @@ for every block, so reporting costs dbt nothing (events are queued and sent in b
 websocket by Prefect's EventsWorker) and every state carries the moment it really happened
 (dbt's NodeStart / NodeFinished), not the moment an API call got through. Block logs go through
 Prefect's batched APILogWorker. States: Running → Completed / Failed (dbt's message), and
-Cancelled named "Skipped" for blocks that did not run because an upstream failed.
+Cancelled named "Skipped" for blocks that did not run because an upstream failed. A block retried by
+its run policy goes Running → AwaitingRetry (Scheduled, with the time of the next try) → Retrying
+(Running; run_count counts the tries) → ..., as Prefect's own task retries do; a block stopped by its
+timeout ends Failed named "TimedOut".
 
 A block's Running event is held back for `running_delay` seconds (1 s): a block still running
 then shows as Running in the UI; one that ended sooner is reported by its final event alone,
@@ -70,8 +73,18 @@ class TaskRunReporter:
         self.errors: list[str] = []
 
     # -- public API (thread-safe; called from dbt's worker threads) -----------------------------
-    def started(self, block: str, *, kind: str, upstream: tuple[str, ...] = (), tags: tuple[str, ...] = ()) -> UUID:
-        return self._transition(block, kind, upstream, tags, StateType.RUNNING, None, None)
+    def started(self, block: str, *, kind: str, upstream: tuple[str, ...] = (), tags: tuple[str, ...] = (),
+                retries: int = 0, retrying: bool = False) -> UUID:
+        """Running (named "Retrying" for a try after the first); `retries`: the block's policy, shown in Prefect."""
+        return self._transition(block, kind, upstream, tags, StateType.RUNNING, "Retrying" if retrying else None,
+                                None, retries=retries)
+
+    def awaiting_retry(self, block: str, *, delay: float, message: str | None = None) -> None:
+        """A try failed and the next one starts in `delay` seconds."""
+        from datetime import timedelta
+
+        at = datetime.now(timezone.utc) + timedelta(seconds=delay)
+        self._transition(block, None, (), (), StateType.SCHEDULED, "AwaitingRetry", message, scheduled_time=at)
 
     def finished(
         self, block: str, *, ok: bool, message: str | None = None, name: str | None = None, skipped: bool = False
@@ -158,16 +171,20 @@ class TaskRunReporter:
         with self._lock:
             return self._ids.setdefault(block, uuid4())
 
-    def _transition(self, block, kind, upstream, tags, state_type, name, message, parent=None) -> UUID:
+    def _transition(self, block, kind, upstream, tags, state_type, name, message, *, retries: int = 0,
+                    scheduled_time: datetime | None = None, parent: str | None = None) -> UUID:
         try:
             with self._lock:
                 run = self._runs.get(block) or self._new_run(block, kind or "block", upstream, tags, parent)
+                if retries:
+                    run.empirical_policy = TaskRunPolicy(retries=retries)
                 previous = run.state
                 state = State(
                     type=state_type,
                     name=name or _DEFAULT_NAMES[state_type],
                     message=message,
-                    state_details=StateDetails(task_run_id=run.id, flow_run_id=self.flow_run_id),
+                    state_details=StateDetails(task_run_id=run.id, flow_run_id=self.flow_run_id,
+                                               scheduled_time=scheduled_time),
                 )
                 if previous is not None and state.timestamp <= previous.timestamp:
                     from datetime import timedelta
