@@ -77,7 +77,7 @@ def _table(backend, table: str = MODEL) -> list[tuple]:
 
 
 def _batch_runs(flow_run: str) -> dict[str, object]:
-    return {name: run for name, run in task_runs(flow_run).items() if name.startswith(f"{MODEL} batch ")}
+    return {name: run for name, run in task_runs(flow_run, batches=True).items() if name.startswith(f"{MODEL} batch ")}
 
 
 def _window_invocations(project) -> list[dict]:

@@ -281,11 +281,11 @@ def dbt_args(command: DbtCommand, ref: Any, context: Any) -> list[str]:
     args = [*command.words, *ref.base_args(), "--log-level", "none", "--no-use-colors", *command.args]
     merged = {**dict(context.vars), **dict(command.vars), **context.date_vars()}
     args += ["--vars", json.dumps(merged, default=str)]
-    if context.full_refresh and command.command in FULL_REFRESH_COMMANDS and not command.full_refresh_given:
-        args.append("--full-refresh")
     if context.event_time and command.command in EVENT_TIME_COMMANDS and not set(EVENT_TIME_FLAGS) & {
             a.split("=")[0] for a in command.args}:
         args += event_time_args(context.event_time)  # microbatch models it selects: the run's batches
+    if context.full_refresh and command.command in FULL_REFRESH_COMMANDS and not command.full_refresh_given:
+        args.append("--full-refresh")
     return args
 
 

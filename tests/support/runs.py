@@ -15,8 +15,9 @@ def flow_run_id(stdout: str) -> str:
     return match.group(1)
 
 
-def task_runs(flow_run: str) -> dict[str, object]:
-    """Task runs of a flow run by name, read through the Prefect API."""
+def task_runs(flow_run: str, *, batches: bool = False) -> dict[str, object]:
+    """Task runs of a flow run by name, read through the Prefect API: one per block, plus (with
+    `batches`) one per batch of a microbatch model."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.client.schemas.sorting import TaskRunSort
@@ -25,7 +26,8 @@ def task_runs(flow_run: str) -> dict[str, object]:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run])), limit=200,
             sort=TaskRunSort.EXPECTED_START_TIME_ASC,
         )
-    return {run.name: run for run in runs}
+    return {run.name: run for run in runs
+            if batches or not run.task_key.startswith("mage-dbt.microbatch-batch.")}
 
 
 def flow_run(flow_run: str):
