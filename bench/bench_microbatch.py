@@ -59,29 +59,33 @@ STAGING = {
         "    case when event_type = 'refund' then -amount else amount end as amount, event_ts\n"
         "from {{ ref('events') }}\nwhere event_type in ('purchase', 'refund')\n"),
 }
-# name -> (event_time column, SQL). Two read other microbatch models (dbt filters those by batch too).
+# name -> (event_time column, unique_key, SQL). Two read other microbatch models (dbt filters those by
+# batch too). dbt-postgres runs a microbatch batch as a MERGE on `unique_key` (it refuses the model
+# without one), so every model has one.
 MICROBATCH = {
-    "mb_events_daily": ("event_date", (
+    "mb_events_daily": ("event_date", ["event_date", "event_type"], (
         "select cast(event_ts as date) as event_date, event_type, count(*) as n_events,"
         " sum(amount) as amount\nfrom {{ ref('stg_events') }}\ngroup by 1, 2\n")),
-    "mb_users_daily": ("event_date", (
+    "mb_users_daily": ("event_date", ["event_date", "user_id"], (
         "select cast(event_ts as date) as event_date, user_id, count(*) as n_events,"
         " sum(amount) as amount\nfrom {{ ref('stg_events') }}\ngroup by 1, 2\n")),
-    "mb_events_hourly": ("event_hour", (
+    "mb_events_hourly": ("event_hour", ["event_hour"], (
         "select date_trunc('hour', event_ts) as event_hour, count(*) as n_events,"
         " count(distinct user_id) as n_users\nfrom {{ ref('stg_events') }}\ngroup by 1\n")),
-    "mb_purchases_daily": ("event_date", (
+    "mb_purchases_daily": ("event_date", ["event_date"], (
         "select cast(event_ts as date) as event_date, count(*) as n_purchases,"
         " sum(amount) as revenue\nfrom {{ ref('stg_purchases') }}\ngroup by 1\n")),
-    "mb_active_users_daily": ("event_date", (
+    "mb_active_users_daily": ("event_date", ["event_date"], (
         "select event_date, count(*) as active_users, sum(n_events) as n_events,"
         " max(amount) as top_user_amount\nfrom {{ ref('mb_users_daily') }}\ngroup by 1\n")),
-    "mb_purchase_share_daily": ("event_date", (
+    "mb_purchase_share_daily": ("event_date", ["event_date"], (
+        # CTEs: dbt swaps a ref() to a microbatch input for an aliased subquery (no `as x` after it)
+        "with e as (select event_date, sum(n_events) as n_events from {{ ref('mb_events_daily') }}"
+        " group by 1),\n"
+        "p as (select event_date, revenue from {{ ref('mb_purchases_daily') }})\n"
         "select e.event_date, e.n_events, coalesce(p.revenue, 0) as revenue,\n"
         "    cast(round(coalesce(p.revenue, 0) / e.n_events, 4) as numeric(14, 4)) as revenue_per_event\n"
-        "from (select event_date, sum(n_events) as n_events from {{ ref('mb_events_daily') }}"
-        " group by 1) as e\n"
-        "left join {{ ref('mb_purchases_daily') }} as p on p.event_date = e.event_date\n")),
+        "from e left join p on p.event_date = e.event_date\n")),
 }
 MODELS = tuple(MICROBATCH)
 
@@ -97,9 +101,10 @@ def events_csv(rng: random.Random) -> str:
     return "\n".join(lines) + "\n"
 
 
-def microbatch_sql(event_time: str, body: str) -> str:
+def microbatch_sql(event_time: str, unique_key: list[str], body: str) -> str:
     return ("{{ config(materialized='incremental', incremental_strategy='microbatch',"
-            f" event_time='{event_time}', batch_size='day', begin='{FIRST_DAY}') }}}}\n{body}")
+            f" event_time='{event_time}', batch_size='day', begin='{FIRST_DAY}', unique_key={unique_key!r})"
+            f" }}}}\n{body}")
 
 
 def generate(dest: Path) -> Path:
@@ -127,8 +132,8 @@ def generate(dest: Path) -> Path:
     for name, sql in STAGING.items():
         gen.write(dbt_dir / "models" / "staging" / f"{name}.sql",
                   "{{ config(event_time='event_ts') }}\n" + sql)
-    for name, (event_time, body) in MICROBATCH.items():
-        gen.write(dbt_dir / "models" / "microbatch" / f"{name}.sql", microbatch_sql(event_time, body))
+    for name, (event_time, unique_key, body) in MICROBATCH.items():
+        gen.write(dbt_dir / "models" / "microbatch" / f"{name}.sql", microbatch_sql(event_time, unique_key, body))
     return dbt_dir
 
 
