@@ -352,7 +352,7 @@ def report(result: dict, args: argparse.Namespace) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--days", type=int, default=30, help=f"days to backfill (default 30, at most {SEED_DAYS})")
+    parser.add_argument("--days", type=int, default=30, help=f"days to backfill (default 30; the seed covers {SEED_DAYS} from {FIRST_DAY})")
     parser.add_argument("--start", default=str(FIRST_DAY), help=f"first day (default {FIRST_DAY})")
     parser.add_argument("--repeat", type=int, default=3, help="repetitions per variant (default 3)")
     parser.add_argument("--variants", default="a,b,c", help="subset of a,b,c (default all)")
