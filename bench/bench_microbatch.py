@@ -1,7 +1,8 @@
 """Benchmark of issue 15: a 30-day backfill of a set of microbatch models on Postgres.
 
-A generated mage_dbt project (bench/.work/microbatch/project): a seed of ~3,000 events over 30
-days, two staging views with `event_time`, and six microbatch models (`batch_size='day'`,
+A generated mage_dbt project (bench/.work/microbatch/project): a seed of 4,000 events over 40
+days (10 past the default range, so writing outside the range shows in the checksums), two
+staging views with `event_time`, and six microbatch models (`batch_size='day'`,
 `begin='2024-01-01'`), four reading the staging views and two reading other microbatch models.
 One fresh Postgres database (`mage_dbt_bench_mb_<pid>`, dropped at the end), one fresh
 PREFECT_HOME and no PREFECT_API_URL (the embedded default). Untimed setup, once: the seed and the
@@ -46,8 +47,10 @@ VARIANTS = {"a": "dbt run --event-time-start/end (1 call)", "b": "mage-dbt backf
 PIPELINE, SETUP_PIPELINE = "mb", "mb_setup"
 SCHEMA = "mb"
 FIRST_DAY = gen.FIRST_DAY  # 2024-01-01, also the models' `begin`
-SEED_DAYS = 30
-SEED_ROWS = 3000
+# The seed runs 10 days past the default 30-day range: a variant that writes batches outside the
+# range (e.g. dbt's now-based batching) ends with different tables, and the checksums show it.
+SEED_DAYS = 40
+SEED_ROWS = 4000
 WORK = common.WORK_DIR / "microbatch"
 
 # --- the generated project -------------------------------------------------------------------
