@@ -5,10 +5,11 @@ BENCH_DEPS          ?= install
 BENCH_DBT_ARGS      ?=
 BENCH_MANIFEST_ARGS ?=
 BENCH_EMBEDDED_ARGS ?=
-# The other benchmarks of bench/ (backfill, bulk load), run with their defaults when present.
-BENCH_OTHERS        := $(wildcard bench/bench_backfill.py bench/bench_load.py)
+BENCH_MICROBATCH_ARGS ?=
+# The other benchmarks of bench/ (backfill, bulk load, microbatch), run with their defaults when present.
+BENCH_OTHERS        := $(wildcard bench/bench_backfill.py bench/bench_load.py bench/bench_microbatch.py)
 
-.PHONY: bench bench-dbt bench-manifest bench-embedded bench-others
+.PHONY: bench bench-dbt bench-manifest bench-embedded bench-microbatch bench-others
 
 bench: $(BENCH_DEPS)
 	$(BENCH_PYTHON) bench/bench_dbt.py $(BENCH_DBT_ARGS)
@@ -27,6 +28,10 @@ bench-manifest: $(BENCH_DEPS)
 ## Repeat `mage-dbt run demo` on the embedded default (local Prefect server) vs plain dbt build (issue 13).
 bench-embedded: $(BENCH_DEPS)
 	$(BENCH_PYTHON) bench/bench_embedded.py $(BENCH_EMBEDDED_ARGS)
+
+## 30-day backfill of 6 microbatch models on Postgres: dbt --event-time-start/end vs mage-dbt backfill vs --vars loop (issue 15).
+bench-microbatch: $(BENCH_DEPS)
+	$(BENCH_PYTHON) bench/bench_microbatch.py $(BENCH_MICROBATCH_ARGS)
 
 bench-others: $(BENCH_DEPS)
 	@for script in $(BENCH_OTHERS); do echo "== $$script"; $(BENCH_PYTHON) $$script || exit 1; done
