@@ -176,7 +176,7 @@ class NodeEvents:
     (`results_from_run`, which carry the batch windows): `finished` never holds it.
     """
 
-    _EVENTS = ("NodeStart", "NodeFinished", "LogStartBatch", "LogBatchResult")
+    _EVENTS = ("NodeStart", "NodeFinished", "LogStartBatch", "LogBatchResult", "GenericExceptionOnRun")
 
     def __init__(self, listener: NodeListener, wanted: set[str] | None = None,
                  microbatch: set[str] | None = None) -> None:
@@ -201,10 +201,11 @@ class NodeEvents:
                 self._listener.node_started(unique_id)
             return
         if unique_id in self._microbatch:
-            if name == "NodeFinished":  # a batch's own result: keep its first error for the model's message
-                result = result_from_event(unique_id, event.data)
-                if result.status in FAILED_STATUSES and result.message:
-                    self.batch_errors.setdefault(unique_id, result.message)
+            if name == "GenericExceptionOnRun":  # why a batch failed (its result says only "ERROR")
+                text = str(getattr(event.data, "exc", "") or "").replace("Exception on worker thread.", "")
+                lines = [line.strip() for line in text.splitlines() if line.strip()]
+                if lines:
+                    self.batch_errors.setdefault(unique_id, " ".join(lines[:3]))
             self._batch_event(name, unique_id, event.data)
             return
         if name == "NodeFinished":
