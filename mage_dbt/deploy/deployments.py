@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from mage_dbt.deploy.schedules import describe, to_prefect
 from mage_dbt.errors import ConfigError
+from mage_dbt.pipelines.policy_checks import check_policies, load_all_specs
 from mage_dbt.pipelines.spec import ScheduleSpec, list_pipelines, load_pipeline_spec
 from mage_dbt.settings import PROJECT_DIR_ENV, ProjectSettings
 
@@ -81,8 +82,10 @@ def plan_deployments(settings: ProjectSettings, names: list[str] | None = None) 
             hint="create one, e.g. flows/daily.yaml (see README)",
         )
     plans: list[DeploymentPlan] = []
+    specs = load_all_specs(settings.flows_dir)  # every file: triggers and shared limits span pipelines
+    check_policies(settings.flows_dir, specs)
     for name in names:
-        spec = load_pipeline_spec(settings.flows_dir, name)
+        spec = specs.get(name) or load_pipeline_spec(settings.flows_dir, name)
         if spec.dbt is not None:
             settings.dbt_project_dir(spec.dbt.project)  # a missing dbt project fails here, not at 06:00
         tags = tuple(dict.fromkeys([MANAGED_TAG, *spec.tags]))
@@ -193,9 +196,20 @@ def deploy(
     check_server()
     if work_pool:
         check_work_pool(work_pool)
+    ensure_project_limits(settings, dict.fromkeys(p.pipeline for p in plans))
     deployments = [(p, runner_deployment(settings, p, work_pool=work_pool)) for p in plans]
     results = [DeployResult(p.name, str(_apply(d)), p.schedule_text, "deployed") for p, d in deployments]
     return results + remove_stale(plans)
+
+
+def ensure_project_limits(settings: ProjectSettings, pipelines) -> None:
+    """Create or update the global concurrency limits of `pipelines` and of mage_dbt.yaml's target_concurrency
+    (DuckDB file limits are created by the first run on the file: a target's path may depend on the run)."""
+    from mage_dbt.runs.concurrency import TARGET_PREFIX, Slot, ensure_limits, pipeline_slots
+
+    slots = [s for name in pipelines for s in pipeline_slots(load_pipeline_spec(settings.flows_dir, name))]
+    slots += [Slot(TARGET_PREFIX + t, k, f"dbt target '{t}'") for t, k in settings.file.target_concurrency.items()]
+    ensure_limits(slots)
 
 
 def _apply(deployment: "RunnerDeployment"):

@@ -11,6 +11,7 @@ the wall clock, so a run that starts late still processes its own date.
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
@@ -26,6 +27,7 @@ from mage_dbt.pipelines.pipeline import for_dbt_vars, load_pipeline
 from mage_dbt.pipelines.spec import load_pipeline_spec
 from mage_dbt.refresh.drift import plan_run_refresh
 from mage_dbt.dbt.pruning import prune_run_records
+from mage_dbt.runs.concurrency import holding_slots, run_slots
 from mage_dbt.runs.block_progress import current_block_sink, with_block_progress
 from mage_dbt.runs.heartbeats import flow_run_heartbeats
 from mage_dbt.runs.history import RETRY_TAG
@@ -81,12 +83,17 @@ def _run_pipeline(settings, pipeline, execution_date, full_refresh, select, targ
             resolved.name, context.date_vars()["execution_date"], len(resolved.blocks), len(resolved.units),
             ", full refresh" if full_refresh else "",
         )
-        try:
-            refresh_nodes = plan_run_refresh(resolved, context, full_refresh_select, check_drift=check_drift, logger=logger)
-        except MageDbtError as exc:  # drift with on_drift: fail, or a bad full_refresh_select: nothing ran
-            return Failed(message=exc.one_line(), data=exc)  # returned, not raised: no traceback on the CLI
-        retry = retry_outputs(settings, resolved.name, run_id, ctx.flow_run.tags if ctx and ctx.flow_run else ())
-        return run_and_report(settings, resolved, context, logger, full_refresh_nodes=refresh_nodes, **retry)
+        max_wait = spec.concurrency.max_wait_seconds if spec.concurrency else None
+        with ExitStack() as held:
+            try:  # the run's concurrency slots (runs/concurrency.py), taken before the warehouse is touched
+                held.enter_context(holding_slots(run_slots(settings, resolved, context), logger, max_wait=max_wait,
+                                                 flow_run_id=None if run_id == "local" else run_id))
+                refresh_nodes = plan_run_refresh(resolved, context, full_refresh_select, check_drift=check_drift,
+                                                 logger=logger)
+            except MageDbtError as exc:  # no slot in time, drift with on_drift: fail, a bad full_refresh_select
+                return Failed(message=exc.one_line(), data=exc)  # returned, not raised: no traceback on the CLI
+            retry = retry_outputs(settings, resolved.name, run_id, ctx.flow_run.tags if ctx and ctx.flow_run else ())
+            return run_and_report(settings, resolved, context, logger, full_refresh_nodes=refresh_nodes, **retry)
 
 
 def run_context(spec, when: datetime, full_refresh: bool, vars: dict[str, Any] | None, target: str | None,
@@ -107,11 +114,15 @@ def check_before_flow_run(spec, resolved, when: datetime, *, full_refresh: bool 
                           vars: dict[str, Any] | None = None, target: str | None = None,
                           full_refresh_select: list[str] | None = None, check_drift: bool = True) -> None:
     """What the flow body would refuse before any block runs, checked before a flow run exists (the
-    CLI): the target's DuckDB file opens (not held by another run, its folder writable), and the
+    CLI): the target's DuckDB file opens (its folder writable; not held by another process, unless a
+    run holds its concurrency slot: then this run waits for the slot), and the
     full refresh and on_drift plan stands. Raises the MageDbtError the flow run would end Failed with."""
-    from mage_dbt.warehouse.catalog import check_target_opens
+    from mage_dbt.runs.concurrency import held_by_a_run
+    from mage_dbt.warehouse.catalog import check_target_opens, target_config
 
     if resolved.dbt_ref is not None:
+        if held_by_a_run(target_config(resolved.dbt_ref)):
+            return  # the flow run waits for the run holding the file, then checks the same (drift reads it)
         check_target_opens(resolved.dbt_ref)
     context = run_context(spec, when, full_refresh, vars, target, run_id="preflight")
     plan_run_refresh(resolved, context, full_refresh_select, check_drift=check_drift, logger=_Silent())
