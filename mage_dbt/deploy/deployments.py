@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mage_dbt.deploy.schedules import describe, to_prefect
+from mage_dbt.deploy.triggers import deployment_triggers
 from mage_dbt.errors import ConfigError
 from mage_dbt.pipelines.policy_checks import check_policies, load_all_specs
 from mage_dbt.pipelines.spec import ScheduleSpec, list_pipelines, load_pipeline_spec
@@ -59,6 +60,8 @@ class DeploymentPlan:
     schedule: ScheduleSpec | None
     description: str
     tags: tuple[str, ...]
+    trigger_after: tuple[str, ...] = ()  # `trigger:` (deploy/triggers.py)
+    trigger_on: str = "completed"
 
     @property
     def schedule_text(self) -> str:
@@ -90,7 +93,9 @@ def plan_deployments(settings: ProjectSettings, names: list[str] | None = None) 
             settings.dbt_project_dir(spec.dbt.project)  # a missing dbt project fails here, not at 06:00
         tags = tuple(dict.fromkeys([MANAGED_TAG, *spec.tags]))
         description = " ".join(spec.description.split()) or f"mage_dbt pipeline {spec.name}"
-        plans.append(DeploymentPlan(spec.name, spec.name, False, spec.schedule, description, tags))
+        after = tuple(spec.trigger.after) if spec.trigger else ()
+        plans.append(DeploymentPlan(spec.name, spec.name, False, spec.schedule, description, tags,
+                                    trigger_after=after, trigger_on=spec.trigger.on if spec.trigger else "completed"))
         if spec.full_refresh_schedule is not None:
             plans.append(DeploymentPlan(
                 name=spec.name + FULL_REFRESH_SUFFIX, pipeline=spec.name, full_refresh=True,
@@ -134,6 +139,8 @@ def runner_deployment(
         job_variables=work_pool_job_variables(settings) if work_pool else None,
         # The flow is imported from the installed package, so no source path or pull step is needed.
         entrypoint_type=EntrypointType.MODULE_PATH,
+        triggers=deployment_triggers(plan.pipeline, plan.trigger_after, plan.trigger_on,
+                                     variant_suffix=FULL_REFRESH_SUFFIX),
     )
     if work_pool is None:
         # An explicit None is sent on update: a deployment moved from a work pool to `serve` leaves the pool.
