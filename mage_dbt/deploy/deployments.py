@@ -203,10 +203,15 @@ def deploy(
     check_server()
     if work_pool:
         check_work_pool(work_pool)
-    ensure_project_limits(settings, dict.fromkeys(p.pipeline for p in plans))
+    from mage_dbt.deploy.alerts import install_alerts, notify_targets
+
+    specs = {name: load_pipeline_spec(settings.flows_dir, name) for name in dict.fromkeys(p.pipeline for p in plans)}
+    block_ids = notify_targets(settings.flows_dir, specs)  # a missing notify target stops the deploy here
+    ensure_project_limits(settings, specs)
     deployments = [(p, runner_deployment(settings, p, work_pool=work_pool)) for p in plans]
     results = [DeployResult(p.name, str(_apply(d)), p.schedule_text, "deployed") for p, d in deployments]
-    return results + remove_stale(plans)
+    alerts = [DeployResult(name, "-", "notify:", "alert installed") for name in install_alerts(specs, block_ids)]
+    return results + alerts + remove_stale(plans)
 
 
 def ensure_project_limits(settings: ProjectSettings, pipelines) -> None:

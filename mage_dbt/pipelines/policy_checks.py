@@ -31,7 +31,10 @@ def concurrency_limit_name(spec: PipelineSpec) -> str | None:
 def where(flows_dir: Path, name: str, loc: list) -> str:
     """`file:line` of the key at `loc` in pipeline `name`'s file."""
     path = pipeline_path(flows_dir, name)
-    return f"{path}:{_line_of(yaml.compose(path.read_text()), loc)}"
+    root = yaml.compose(path.read_text())
+    # `notify:` and `trigger: after:` also take one item without a list: the index is then not in the file.
+    # The deeper of the two walks is the key's own line (a child never sits above its parent).
+    return f"{path}:{max(_line_of(root, loc), _line_of(root, [p for p in loc if not isinstance(p, int)]))}"
 
 
 def load_all_specs(flows_dir: Path) -> dict[str, PipelineSpec]:

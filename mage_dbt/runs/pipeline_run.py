@@ -164,9 +164,17 @@ def run_and_report(settings, resolved, context, logger, **runner_options):
     failed = summary.names("failed")
     return Failed(
         message=f"{len(failed)} block(s) failed: {', '.join(failed[:10])}; "
-        f"{len(summary.names('skipped'))} skipped",
+        f"{len(summary.names('skipped'))} skipped{first_errors(summary, failed)}",
         data=summary.to_dict(),
     )
+
+
+def first_errors(summary: RunSummary, failed: list[str], most: int = 5) -> str:
+    """` — block: first error line; ...` for the state message (alerts quote it: deploy/alerts.py)."""
+    from mage_dbt.warehouse.profile import first_line
+
+    parts = [f"{name}: {first_line(summary.results[name].message or '')[:200]}" for name in failed[:most]]
+    return f" — {'; '.join(parts)}" if parts else ""
 
 
 def _write_summary(settings, run_id: str, summary: RunSummary) -> None:
