@@ -135,3 +135,65 @@ def test_a_notify_target_that_does_not_exist_is_refused_at_deploy(demo_project):
     assert f"flows/{name}.yaml:{at}: notify target: no Prefect secret block named 'no-such-secret-block'" in line
     assert deployment(name) is None
     assert automations_named(child_env()["PREFECT_API_URL"], f"mage-dbt: notify {name} #1") == []
+
+
+def test_backfill_workers_take_turns_under_limit_one_and_the_finished_backfill_alerts(webhook, demo_project, tmp_path):
+    """`mage-dbt backfill -j 2` of a `concurrency: {limit: 1}` pipeline: the second worker's interval waits
+    for the first's slot; the end of the backfill reaches the webhook (`notify: {on: [backfill_finished]}`)."""
+    import subprocess
+
+    from prefect.blocks.system import Secret
+
+    from tests.test_concurrency_limits import GATED
+    from tests.support.runs import task_runs
+
+    def interval_run(date: str):
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.sorting import FlowRunSort
+
+        with get_client(sync_client=True) as client:
+            found = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=100)
+        return next((r for r in found if r.parameters.get("pipeline") == name
+                     and str(r.parameters.get("execution_date", "")).startswith(date)), None)
+
+    url, received = webhook
+    secret = unique("backfill-url").replace("_", "-")
+    Secret(value=url).save(secret)
+    name = unique("bfill")
+    spec = {"description": "gated backfill", "concurrency": {"limit": 1},
+            "notify": {"on": ["backfill_finished"], "webhook_secret": secret},
+            "blocks": [{"name": "hold", "type": "python", "file": "flows/gated/hold.py"}]}
+    write_pipeline(demo_project, name, spec, {"flows/gated/hold.py": GATED})
+    deployed = cli(demo_project, "deploy", name)
+    assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    (gate / "release-2024-07-01").touch()  # the first interval runs alone, before the workers start
+    backfill = subprocess.Popen(
+        [str(BIN / "mage-dbt"), "backfill", name, "--start", "2024-07-01", "--end", "2024-07-03", "-j", "2"],
+        cwd=demo_project, env=child_env(GATE_DIR=str(gate)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        first = wait_until(lambda: [d for d in ("2024-07-02", "2024-07-03") if (gate / f"started-{d}").exists()]
+                           or backfill.poll() is not None and ["exited"], 180, "one interval's block to start")
+        assert first != ["exited"], backfill.communicate()
+        assert not received, received
+        other = "2024-07-03" if first == ["2024-07-02"] else "2024-07-02"
+        wait_until(lambda: "waiting for a concurrency slot" in (
+            getattr(getattr(interval_run(other), "state", None), "message", None) or ""),
+            180, "the other interval's worker to wait for the slot")
+        assert not (gate / f"started-{other}").exists()
+    finally:
+        (gate / "release").touch()
+        out, err = backfill.communicate(timeout=300)
+    assert backfill.returncode == 0, out[-3000:] + err[-3000:]
+    runs = {d: interval_run(d) for d in ("2024-07-02", "2024-07-03")}
+    assert {r.name for r in runs.values()} == {f"{name}-2024-07-02", f"{name}-2024-07-03"}  # what notify matches
+    one, two = (task_runs(str(runs[d].id))["hold"] for d in (first[0], other))
+    assert one.end_time <= two.start_time
+
+    wait_until(lambda: received, 180, "the backfill-finished alert")
+    text = received[0]["json"]["text"]
+    assert f"pipeline: {name}\n" in text and "outcome: backfill finished" in text, text
+    assert "execution date: 2024-07-01" in text and "ended Completed" in text, text
+    assert "next: mage-dbt backfill --resume " in text, text

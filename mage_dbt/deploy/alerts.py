@@ -31,7 +31,14 @@ EVENTS = {
     "crashed": "prefect.flow-run.Crashed",
     "timed_out": "prefect.flow-run.TimedOut",
 }
-NOT_YET = ("drift_found", "backfill_finished")  # accepted by the file format, not installed yet
+# mage_dbt's own events (runs/pipeline_events.py) for what no flow-run state says.
+CUSTOM = {"drift_found": "mage-dbt.pipeline.drift-found", "backfill_finished": "mage-dbt.pipeline.backfill-finished"}
+CUSTOM_SUBJECT = "mage-dbt: pipeline {pipeline}: {outcome}"
+CUSTOM_BODY = """pipeline: {pipeline}
+outcome: {outcome}
+execution date: {{{{ event.payload.execution_date }}}}
+{{{{ event.payload.message }}}}
+next: {{{{ event.payload.next }}}}"""
 SUBJECT = "mage-dbt: pipeline {pipeline} {{{{ flow_run.state.name }}}} ({{{{ flow_run.name }}}})"
 BODY = """pipeline: {pipeline}
 execution date: {{{{ flow_run.parameters.get('execution_date') or flow_run.expected_start_time.isoformat() }}}}
@@ -95,6 +102,8 @@ def alert_automations(spec: Any, block_ids: dict[tuple[str, int], str]) -> list[
     automations = []
     for index, entry in enumerate(spec.notify):
         events = {EVENTS[o] for o in entry.on if o in EVENTS}
+        automations += [_custom_automation(spec.name, index, outcome, block_ids[(spec.name, index)])
+                        for outcome in entry.on if outcome in CUSTOM]
         if not events:
             continue
         automations.append(AutomationCore(
@@ -115,6 +124,25 @@ def alert_automations(spec: Any, block_ids: dict[tuple[str, int], str]) -> list[
                                       body=BODY.format(pipeline=spec.name))],
         ))
     return automations
+
+
+def _custom_automation(pipeline: str, index: int, outcome: str, block_id: str) -> Any:
+    from prefect.events.actions import SendNotification
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    said = outcome.replace("_", " ")
+    return AutomationCore(
+        name=f"{AUTOMATION_PREFIX}{pipeline} #{index + 1} {outcome}",
+        description=f"Created by mage-dbt deploy from {pipeline}'s `notify:` ({outcome}).",
+        enabled=True,
+        trigger=EventTrigger(expect={CUSTOM[outcome]},
+                             match=ResourceSpecification({"prefect.resource.id": f"mage-dbt.pipeline.{pipeline}"}),
+                             posture=Posture.Reactive, threshold=1),
+        actions=[SendNotification(block_document_id=block_id,
+                                  subject=CUSTOM_SUBJECT.format(pipeline=pipeline, outcome=said),
+                                  body=CUSTOM_BODY.format(pipeline=pipeline, outcome=said))],
+    )
 
 
 def install_alerts(specs: dict[str, Any], block_ids: dict[tuple[str, int], str]) -> list[str]:
