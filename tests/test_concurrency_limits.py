@@ -9,6 +9,9 @@ a deadline."""
 from __future__ import annotations
 
 import subprocess
+
+import pytest
+import yaml
 from pathlib import Path
 
 from tests.conftest import BIN
@@ -190,3 +193,23 @@ def test_one_concurrency_name_with_two_limits_is_refused_at_deploy(demo_project,
     from tests.support.deployments import deployment
 
     assert deployment(one) is None and deployment(two) is None
+
+
+@pytest.mark.parametrize("key, value, says", [
+    ("concurrency", {"limit": 1, "limt": 2}, "'concurrency.limt': Extra inputs are not permitted"),
+    ("concurrency", {"limit": 0}, "'concurrency.limit': Input should be greater than or equal to 1"),
+    ("notify", {"on": ["failed"], "webhook_secret": "x", "url": "https://hooks.example/abc"},
+     "'notify.0.url': Extra inputs are not permitted"),
+    ("notify", {"on": ["exploded"], "webhook_secret": "x"}, "'notify.0.on.0': Input should be"),
+    ("trigger", {"after": ["a"], "when": "completed"}, "'trigger.when': Extra inputs are not permitted"),
+])
+def test_unknown_or_bad_policy_keys_fail_with_file_and_line_before_a_run(demo_project, run_cli, key, value, says):
+    name = unique("badpolicy")
+    _gated_pipeline(demo_project, name, None)
+    path = demo_project / "flows" / f"{name}.yaml"
+    path.write_text(path.read_text() + yaml.safe_dump({key: value}, sort_keys=False))
+    line = one_line_error(run_cli(demo_project, "run", name, "--execution-date", "2024-03-01"))
+    at = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if text.startswith(f"{key}:"))
+    assert f"flows/{name}.yaml:" in line and says in line, line
+    assert int(line.split(f"flows/{name}.yaml:")[1].split(":")[0]) >= at, line
+    assert "hooks.example" not in line

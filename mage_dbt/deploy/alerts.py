@@ -1,9 +1,11 @@
 """`notify:` in a pipeline file, installed by `mage-dbt deploy` as Prefect automations.
 
-One automation per `notify:` entry of a pipeline (`mage-dbt: notify <pipeline> #<n>`), replaced on
-every deploy (entries removed from the file are removed from the server). Its trigger: a flow run of
-the pipeline flow named `<pipeline>-<date>` (every run of the pipeline: CLI, deployment, backfill,
-retry) entering one of the chosen outcomes; its action: Prefect's `SendNotification`, whose subject
+One automation per `notify:` entry of a pipeline (`mage-dbt: notify <pipeline> #<n>`, plus `#<n>
+drift_found` / `#<n> backfill_finished` for those outcomes), replaced on every deploy (entries removed
+from the file are removed from the server). Its trigger: a flow run of the pipeline flow named
+`<pipeline>-<date>` (every run of the pipeline: CLI, deployment, backfill, retry) entering one of the
+chosen states, or mage_dbt's own event about the pipeline (`runs.pipeline_events`: drift found, backfill
+finished); its action: Prefect's `SendNotification`, whose subject
 and body the server renders from the flow run: the pipeline, the execution date, the outcome, the
 state message (a failed run's message names its failed blocks with their first error line:
 `runs.pipeline_run.first_errors`) and the exact retry command.

@@ -203,15 +203,22 @@ def deploy(
     check_server()
     if work_pool:
         check_work_pool(work_pool)
+    install_alerts = prepare_policies(settings, plans)  # a missing notify target stops the deploy here
+    deployments = [(p, runner_deployment(settings, p, work_pool=work_pool)) for p in plans]
+    results = [DeployResult(p.name, str(_apply(d)), p.schedule_text, "deployed") for p, d in deployments]
+    alerts = [DeployResult(name, "-", "notify:", "alert installed") for name in install_alerts()]
+    return results + alerts + remove_stale(plans)
+
+
+def prepare_policies(settings: ProjectSettings, plans: list[DeploymentPlan]):
+    """Check the plans' `notify:` targets on the server (ConfigError, file:line), create or update their
+    concurrency limits; returns the step that installs their alerts (after the deployments exist)."""
     from mage_dbt.deploy.alerts import install_alerts, notify_targets
 
     specs = {name: load_pipeline_spec(settings.flows_dir, name) for name in dict.fromkeys(p.pipeline for p in plans)}
-    block_ids = notify_targets(settings.flows_dir, specs)  # a missing notify target stops the deploy here
+    block_ids = notify_targets(settings.flows_dir, specs)
     ensure_project_limits(settings, specs)
-    deployments = [(p, runner_deployment(settings, p, work_pool=work_pool)) for p in plans]
-    results = [DeployResult(p.name, str(_apply(d)), p.schedule_text, "deployed") for p, d in deployments]
-    alerts = [DeployResult(name, "-", "notify:", "alert installed") for name in install_alerts(specs, block_ids)]
-    return results + alerts + remove_stale(plans)
+    return lambda: install_alerts(specs, block_ids)
 
 
 def ensure_project_limits(settings: ProjectSettings, pipelines) -> None:
