@@ -11,9 +11,10 @@ not at all), before it touches the warehouse, and gives them back when its block
 The limits are created (or their limit updated) on the server by `mage-dbt deploy` and by the run
 itself on first use, so CLI runs, deployment runs, workers and backfill workers (all of them run
 the pipeline flow's body, `mage_dbt.runs.pipeline_run`) share them. A run that has to wait logs so,
-and its flow run's state message says so while it waits; `concurrency: {max_wait_seconds: S}` bounds
-the wait (`SlotWaitTimeout`, one line). The slots are leased: a run whose process dies frees them
-when the lease ends (`LEASE_SECONDS`), without anyone cleaning up.
+and its flow run's state message says so while it waits (not for flows with retries: `_say_in_state`);
+`concurrency: {max_wait_seconds: S}` bounds the wait (`SlotWaitTimeout`, one line). The slots are
+leased: a run whose process dies frees them when the lease ends (`LEASE_SECONDS`), without anyone
+cleaning up.
 """
 
 from __future__ import annotations
@@ -173,8 +174,15 @@ def holding_slots(slots: list[Slot], logger: Any, *, max_wait: float | None = No
 
 
 def _say_in_state(flow_run_id: str | None, message: str | None) -> None:
-    """Show `message` as the Running flow run's state message (None: clear it); best effort."""
-    if not flow_run_id:
+    """Show `message` as the Running flow run's state message (None: clear it); best effort.
+
+    Prefect counts every move into Running as a run (`run_count`), and flow retries stop when the count
+    passes `retries`: a flow run with retries keeps its state, and says it in its log only."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    retries = ctx.flow_run.empirical_policy.retries if ctx and ctx.flow_run else None
+    if not flow_run_id or retries or (ctx and ctx.flow and ctx.flow.retries):
         return
     from prefect.client.orchestration import get_client
     from prefect.states import Running
