@@ -23,6 +23,10 @@ class RunContext:
     target: str | None = None
     run_id: str = "local"
     dbt_commit: str | None = None
+    # dbt's event-time window for microbatch models ([start, end)); None: dbt picks batches from now.
+    event_time: tuple[datetime, datetime] | None = None
+    # A retry: microbatch model id -> the batch windows that failed (only those run again).
+    retry_batches: Mapping[str, tuple[tuple[str, str], ...]] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def execution_date(self) -> datetime:
@@ -73,11 +77,20 @@ def make_context(
     target: str | None = None,
     run_id: str = "local",
     dbt_commit: str | None = None,
+    event_time: str = "run_interval",
+    event_time_end: datetime | None = None,
 ) -> RunContext:
-    """Validate the execution date and build the context of one run."""
+    """Validate the execution date and build the context of one run.
+
+    `event_time`: "run_interval" gives dbt's microbatch models the window [interval start,
+    `event_time_end` or interval end); "dbt_now" gives none (dbt picks the batches from the
+    current time, as a plain `dbt run`).
+    """
+    span = interval_for(execution_date, interval, timezone)
     return RunContext(
         pipeline=pipeline,
-        interval=interval_for(execution_date, interval, timezone),
+        interval=span,
+        event_time=None if event_time == "dbt_now" else (span.start, event_time_end or span.end),
         full_refresh=full_refresh,
         vars=MappingProxyType(dict(vars or {})),
         target=target,

@@ -26,7 +26,9 @@ def _flow_run_name() -> str:
     when = params.get("execution_date") or flow_run.scheduled_start_time
     if isinstance(when, datetime):
         when = when.date().isoformat() if when.time() == datetime.min.time() else when.isoformat()
-    return f"{params.get('pipeline', 'pipeline')}-{str(when)[:19]}"
+    name = f"{params.get('pipeline', 'pipeline')}-{str(when)[:19]}"
+    until = params.get("event_time_end")  # a backfill's microbatch phase: the whole range at once
+    return f"{name}..{until.isoformat()[:19] if isinstance(until, datetime) else str(until)[:19]}" if until else name
 
 
 @flow(name=FLOW_NAME, flow_run_name=_flow_run_name, validate_parameters=True, persist_result=False)
@@ -40,6 +42,7 @@ def pipeline_flow(
     ref: str | None = None,
     full_refresh_select: list[str] | None = None,
     check_drift: bool = True,
+    event_time_end: datetime | None = None,
 ):
     """Run a mage_dbt pipeline (dbt, Python and SQL blocks) for one execution date.
 
@@ -57,8 +60,12 @@ def pipeline_flow(
             selectors or block names match (snapshots only when named exactly); the rest runs normally.
         check_drift: Compare incremental models' columns with their tables first and apply the
             pipeline's on_drift setting (fail, full_refresh or warn).
+        event_time_end: Microbatch models process the event-time window from the execution
+            date's interval start to this moment in one dbt invocation (backfills); empty means
+            the interval's end.
     """
     return run_pipeline(
         pipeline, execution_date=execution_date, full_refresh=full_refresh, select=select, target=target,
         vars=vars, ref=ref, full_refresh_select=full_refresh_select, check_drift=check_drift,
+        event_time_end=event_time_end,
     )

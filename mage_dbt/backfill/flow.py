@@ -28,7 +28,7 @@ from prefect import flow, get_run_logger, tags
 from prefect.context import FlowRunContext
 from prefect.states import Cancelled, Completed, Failed
 
-from mage_dbt.backfill.lock import BackfillLock
+from mage_dbt.backfill.lock import BackfillLock, refuse_overlapping
 from mage_dbt.backfill.plan import (
     BackfillPlan,
     add_parent_run,
@@ -41,6 +41,8 @@ from mage_dbt.backfill.plan import (
     record_path,
     save_plan,
 )
+from mage_dbt.backfill.microbatch_phase import interval_select, plan_split
+from mage_dbt.backfill.microbatch_run import run_microbatch_phase
 from mage_dbt.backfill.progress import current_sink
 from mage_dbt.backfill.state import BACKFILL_FLOW_NAME, COMPLETED, count_statuses, interval_statuses, mark_crashed
 from mage_dbt.dates import Interval
@@ -89,6 +91,7 @@ def backfill_flow(
     ctx = FlowRunContext.get()
     run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else None
     with BackfillLock(record_path(settings, plan.id).with_suffix(".lock")).acquire(plan.id) as lock:
+        refuse_overlapping(settings, plan)  # a deployment run is checked here (the CLI checked before)
         if run_id:
             _tag_flow_run(run_id, plan.tag)
             add_parent_run(settings, plan, run_id)
@@ -97,6 +100,10 @@ def backfill_flow(
         resolved = load_pipeline(settings, plan.pipeline, target=plan.target, select=list(plan.select or ()) or None,
                                  dbt_vars=first_interval_vars(settings, plan))
         check_concurrency(resolved, concurrency or plan.concurrency)
+        split = plan_split(resolved)
+        if split is not None and split.fallback:
+            get_run_logger().warning("microbatch models run interval by interval, each interval with its own "
+                                     "event-time window: %s", split.fallback)
         execution = BackfillExecution(
             settings, plan, concurrency=concurrency or plan.concurrency, keep_going=keep_going,
             parent_flow_run_id=run_id, lock_fd=lock.fd,
@@ -224,7 +231,8 @@ class BackfillExecution:
         self.sink.begin(plan.id, len(plan.intervals), len(plan.intervals) - len(todo), len(todo))
         try:
             with without_dbt_artifacts(self.target_path):
-                self._run_all(todo)
+                if run_microbatch_phase(self, todo):
+                    self._run_all(todo)
         except KeyboardInterrupt:  # Ctrl-C between intervals: the backfill ends Cancelled below
             if not interrupted():
                 raise
@@ -254,7 +262,7 @@ class BackfillExecution:
                 state = pipeline_flow(
                     pipeline=plan.pipeline, execution_date=interval.start,
                     full_refresh=interval_key(interval) == self.refresh_key,
-                    select=list(plan.select) if plan.select else None, target=plan.target, return_state=True,
+                    select=interval_select(plan), target=plan.target, return_state=True,
                 )
             status = ("completed" if state.is_completed() else "crashed" if state.is_crashed()
                       else "cancelled" if state.is_cancelled() else "failed")

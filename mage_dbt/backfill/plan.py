@@ -27,6 +27,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+from mage_dbt.backfill.microbatch_phase import check_window, plan_split
 from mage_dbt.backfill.safety import check_concurrent_intervals
 from mage_dbt.dates import Interval, _count, get_timezone, interval_for, intervals_between, parse_execution_date
 from mage_dbt.errors import BackfillError
@@ -112,6 +113,10 @@ class BackfillPlan:
     select: tuple[str, ...] | None = None
     full_refresh_first: bool = False
     concurrency: int = 1
+    # Microbatch models (+ date-free upstreams) run once over the range, then `interval_blocks`
+    # per interval (mage_dbt.backfill.microbatch_phase); () and None: everything per interval.
+    microbatch_blocks: tuple[str, ...] = ()
+    interval_blocks: tuple[str, ...] | None = None
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     @property
@@ -130,6 +135,8 @@ class BackfillPlan:
             "select": list(self.select) if self.select else None,
             "full_refresh_first": self.full_refresh_first,
             "concurrency": self.concurrency,
+            "microbatch_blocks": list(self.microbatch_blocks),
+            "interval_blocks": None if self.interval_blocks is None else list(self.interval_blocks),
             "created_at": self.created_at,
             "fingerprint": {
                 "pipeline_file": self.fingerprint.pipeline_file,
@@ -153,6 +160,8 @@ class BackfillPlan:
             select=tuple(raw["select"]) if raw.get("select") else None,
             full_refresh_first=bool(raw.get("full_refresh_first")),
             concurrency=int(raw.get("concurrency") or 1),
+            microbatch_blocks=tuple(raw.get("microbatch_blocks") or ()),
+            interval_blocks=None if raw.get("interval_blocks") is None else tuple(raw["interval_blocks"]),
             created_at=raw["created_at"],
             fingerprint=PipelineFingerprint(
                 pipeline_file=raw["fingerprint"]["pipeline_file"],
@@ -306,6 +315,9 @@ def make_plan(
     unit = window.unit
     intervals = intervals_between(window.first.start, window.last.start, unit, window.timezone)
     first, last = intervals[0], intervals[-1]
+    split = plan_split(resolved)
+    if split is not None and split.phase:
+        check_window(resolved, first.start, last.end)
     plan = BackfillPlan(
         id=new_backfill_id(settings, resolved.name, first, last, unit),
         pipeline=resolved.name,
@@ -319,6 +331,8 @@ def make_plan(
         select=tuple(select) if select else None,
         full_refresh_first=full_refresh_first,
         concurrency=concurrency,
+        microbatch_blocks=split.phase if split else (),
+        interval_blocks=split.rest if split and split.phase else None,
     )
     return plan, resolved
 

@@ -10,10 +10,11 @@ the backfill's lock shows that no process of it is alive.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Iterable
 
+from mage_dbt.backfill.microbatch_phase import PHASE_TAG
 from mage_dbt.backfill.plan import BackfillPlan, backfill_tag, interval_key
 from mage_dbt.runs.history import FLOW_NAME
 
@@ -90,25 +91,42 @@ def interval_statuses(plan: BackfillPlan, runs: Iterable[Any] | None = None) -> 
     """The status of every interval of `plan`, keyed like `interval_key`, in date order."""
     if runs is None:
         runs = read_runs(plan.id, FLOW_NAME)
+    runs = list(runs)
+    phase = [r for r in runs if PHASE_TAG in (r.tags or ())]
+    if plan.microbatch_blocks and plan.interval_blocks == ():  # nothing runs per interval: the phase decides
+        status = _latest_status("phase", phase)
+        return {interval_key(i): replace(status, key=interval_key(i)) for i in plan.intervals}
     by_key: dict[str, list[Any]] = {}
-    for run in runs:
+    for run in (r for r in runs if PHASE_TAG not in (r.tags or ())):
         key = run_interval_key(run)
         if key is not None:
             by_key.setdefault(key, []).append(run)
     out: dict[str, IntervalStatus] = {}
     for interval in plan.intervals:
         key = interval_key(interval)
-        attempts = by_key.get(key, [])
-        if not attempts:
-            out[key] = IntervalStatus(key=key, status=NOT_STARTED)
-            continue
-        done = [r for r in attempts if _status_of(r) == COMPLETED]
-        chosen = done[-1] if done else attempts[-1]
-        out[key] = IntervalStatus(
-            key=key, status=_status_of(chosen), attempts=len(attempts), flow_run_id=str(chosen.id),
-            message=chosen.state.message if chosen.state else None,
-        )
+        out[key] = _latest_status(key, by_key.get(key, []))
     return out
+
+
+def phase_status(plan: BackfillPlan, runs: Iterable[Any] | None = None) -> IntervalStatus | None:
+    """The state of the backfill's microbatch phase (mage_dbt.backfill.microbatch_phase), if it has one."""
+    if not plan.microbatch_blocks:
+        return None
+    if runs is None:
+        runs = read_runs(plan.id, FLOW_NAME)
+    return _latest_status("phase", [r for r in runs if PHASE_TAG in (r.tags or ())])
+
+
+def _latest_status(key: str, attempts: list[Any]) -> IntervalStatus:
+    """Completed as soon as one attempt completed; otherwise the latest attempt decides."""
+    if not attempts:
+        return IntervalStatus(key=key, status=NOT_STARTED)
+    done = [r for r in attempts if _status_of(r) == COMPLETED]
+    chosen = done[-1] if done else attempts[-1]
+    return IntervalStatus(
+        key=key, status=_status_of(chosen), attempts=len(attempts), flow_run_id=str(chosen.id),
+        message=chosen.state.message if chosen.state else None,
+    )
 
 
 def count_statuses(statuses: dict[str, IntervalStatus]) -> Counter:
@@ -133,3 +151,50 @@ def mark_crashed(backfill_id: str, *, keep: Iterable[str] = (), reason: str) -> 
                 client.set_flow_run_state(run.id, Crashed(message=reason), force=True)
                 marked.append(run.name)
     return marked
+
+
+@dataclass(frozen=True)
+class BatchStatus:
+    """One dbt batch of a microbatch model in a backfill's phase, from its task runs."""
+
+    name: str  # "<model> batch <start>"
+    status: str
+    attempts: int
+    message: str | None = None
+
+
+def phase_batches(plan: BackfillPlan, runs: Iterable[Any] | None = None) -> list[BatchStatus]:
+    """Every batch task run of the backfill's microbatch phase runs; a later success wins."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    from mage_dbt.runs.history import BATCH_TASK_KEY
+
+    if runs is None:
+        runs = read_runs(plan.id, FLOW_NAME)
+    ids = [r.id for r in runs if PHASE_TAG in (r.tags or ())]
+    if not ids:
+        return []
+    seen: dict[str, list[Any]] = {}
+    with get_client(sync_client=True) as client:
+        offset = 0
+        while True:
+            page = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)),
+                                         sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=_PAGE, offset=offset)
+            for task_run in page:
+                if task_run.task_key.startswith(BATCH_TASK_KEY):
+                    seen.setdefault(task_run.name, []).append(task_run)
+            if len(page) < _PAGE:
+                break
+            offset += _PAGE
+    out = []
+    for name, attempts in sorted(seen.items()):
+        done = [t for t in attempts if t.state_type and t.state_type.value == "COMPLETED"]
+        chosen = done[-1] if done else attempts[-1]
+        state_type = chosen.state_type.value if chosen.state_type else "PENDING"
+        status = {"COMPLETED": COMPLETED, "FAILED": FAILED, "CRASHED": CRASHED}.get(
+            state_type, "skipped" if chosen.state_name == "Skipped" else RUNNING if state_type == "RUNNING" else CANCELLED)
+        out.append(BatchStatus(name=name, status=status, attempts=len(attempts),
+                               message=chosen.state.message if chosen.state else None))
+    return out

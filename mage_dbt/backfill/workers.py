@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import IO, Callable
 from uuid import UUID
 
+from mage_dbt.backfill.microbatch_phase import interval_select
 from mage_dbt.backfill.plan import BackfillPlan, interval_label, record_path
 from mage_dbt.dates import Interval
 from mage_dbt.errors import BackfillError
@@ -148,7 +149,7 @@ class WorkerPool:
             "project_dir": str(self.settings.root),
             "backfill_id": self.plan.id,
             "pipeline": self.plan.pipeline,
-            "select": list(self.plan.select) if self.plan.select else None,
+            "select": interval_select(self.plan),
             "target": self.plan.target,
             "tag": self.plan.tag,
             # the manifest the intervals need: parsed with the first one's dates (mage_dbt.dbt.parse_vars)

@@ -34,6 +34,7 @@ import jinja2
 import jinja2.sandbox
 import yaml
 
+from mage_dbt.dbt.microbatch import EVENT_TIME_COMMANDS, EVENT_TIME_FLAGS, event_time_args
 from mage_dbt.errors import ConfigError, DbtProjectError, ExecutionError
 
 
@@ -282,6 +283,9 @@ def dbt_args(command: DbtCommand, ref: Any, context: Any) -> list[str]:
     args += ["--vars", json.dumps(merged, default=str)]
     if context.full_refresh and command.command in FULL_REFRESH_COMMANDS and not command.full_refresh_given:
         args.append("--full-refresh")
+    if context.event_time and command.command in EVENT_TIME_COMMANDS and not set(EVENT_TIME_FLAGS) & {
+            a.split("=")[0] for a in command.args}:
+        args += event_time_args(context.event_time)  # microbatch models it selects: the run's batches
     return args
 
 

@@ -32,6 +32,7 @@ from mage_dbt.backfill.plan import (
     save_plan,
     size_refusal,
 )
+from mage_dbt.backfill.lock import refuse_overlapping
 from mage_dbt.blocks.outputs import check_data_dir
 from mage_dbt.cli.console import console, err_console
 from mage_dbt.cli.options import ProjectDir, Target, settings_for
@@ -106,6 +107,7 @@ def backfill(
             full_refresh_first=full_refresh_first, concurrency=concurrency or 1, yes=yes, limit=max_intervals,
         )
     check_data_dir(settings.data_dir)  # a read-only or full data folder stops here, before any flow run
+    refuse_overlapping(settings, plan)  # another live backfill writing the same microbatch batches
     if not resume:
         save_plan(settings, plan)
     return _run(settings, plan, resume=bool(resume), concurrency=concurrency, force=force, keep_going=keep_going)
@@ -211,6 +213,27 @@ def _print_intervals(rows: list[tuple[int, Interval]], total: int, unit: str, *,
     console.print(f"{total} intervals")
 
 
+def _print_batches(plan: BackfillPlan) -> None:
+    """The dbt batches of the backfill's microbatch phase (one dbt invocation over the range)."""
+    from mage_dbt.backfill.state import phase_batches, phase_status
+
+    phase = phase_status(plan)
+    if phase is None:
+        return
+    batches = phase_batches(plan)
+    models = sorted({b.name.split(" batch ")[0] for b in batches})
+    table = Table(title=f"microbatch phase ({len(plan.microbatch_blocks)} blocks, one dbt invocation per run): "
+                  f"{phase.status}, {phase.attempts} run(s); {len(batches)} batches of {', '.join(models[:6])}",
+                  title_justify="left")
+    table.add_column("batch", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("attempts", no_wrap=True, justify="right")
+    for batch in batches:
+        style = STATUS_STYLE.get(batch.status, "yellow")
+        table.add_row(batch.name, f"[{style}]{batch.status}[/]", str(batch.attempts))
+    console.print(table)
+
+
 @app.command()
 def backfills(
     backfill_id: Optional[str] = typer.Argument(None, help="Show the intervals of this backfill."),
@@ -234,6 +257,7 @@ def backfills(
             table.add_row(interval_label(interval, plan.interval), f"[{STATUS_STYLE[s.status]}]{s.status}[/]",
                           str(s.attempts), s.flow_run_id or "")
         console.print(table)
+        _print_batches(plan)
         print_recap(console, "intervals that did not complete:", [
             (interval_label(i, plan.interval), statuses[interval_key(i)].status, statuses[interval_key(i)].message)
             for i in plan.intervals if statuses[interval_key(i)].status in ("failed", "crashed", "cancelled")])

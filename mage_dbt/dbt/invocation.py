@@ -45,6 +45,9 @@ class NodeResult:
     rows_affected: int | None = None
     failures: int | None = None
     finished_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    # Microbatch models: dbt's batch windows ([start, end) ISO timestamps), successful and failed.
+    batches_ok: tuple[tuple[str, str], ...] = ()
+    batches_failed: tuple[tuple[str, str], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -165,27 +168,67 @@ def invoke_dbt(
 
 
 class NodeEvents:
-    """A dbt callback forwarding NodeStart/NodeFinished to a `NodeListener`."""
+    """A dbt callback forwarding NodeStart/NodeFinished to a `NodeListener`.
 
-    def __init__(self, listener: NodeListener, wanted: set[str] | None = None) -> None:
+    dbt fires NodeStart/NodeFinished for every batch of a microbatch model too: for the
+    `microbatch` ids, a batch's events become `batch_started`/`batch_finished` calls (when the
+    listener has them) and the model's own result is left to the invocation's run results
+    (`results_from_run`, which carry the batch windows): `finished` never holds it.
+    """
+
+    _EVENTS = ("NodeStart", "NodeFinished", "LogStartBatch", "LogBatchResult")
+
+    def __init__(self, listener: NodeListener, wanted: set[str] | None = None,
+                 microbatch: set[str] | None = None) -> None:
         self._listener = listener
         self._wanted = wanted
+        self._microbatch = microbatch or set()
+        self._started: set[str] = set()
         self.finished: dict[str, NodeResult] = {}
+        self.batch_errors: dict[str, str] = {}  # microbatch model -> the first error of a batch
 
     def __call__(self, event: Any) -> None:
         name = event.info.name
-        if name not in ("NodeStart", "NodeFinished"):
+        if name not in self._EVENTS:
             return
         node_info = getattr(event.data, "node_info", None)
         unique_id = getattr(node_info, "unique_id", None)
         if not unique_id or (self._wanted is not None and unique_id not in self._wanted):
             return
         if name == "NodeStart":
-            self._listener.node_started(unique_id)
+            if unique_id not in self._started:  # a microbatch model's batches start it again
+                self._started.add(unique_id)
+                self._listener.node_started(unique_id)
             return
-        result = result_from_event(unique_id, event.data)
-        self.finished[unique_id] = result
-        self._listener.node_finished(result)
+        if unique_id in self._microbatch:
+            if name == "NodeFinished":  # a batch's own result: keep its first error for the model's message
+                result = result_from_event(unique_id, event.data)
+                if result.status in FAILED_STATUSES and result.message:
+                    self.batch_errors.setdefault(unique_id, result.message)
+            self._batch_event(name, unique_id, event.data)
+            return
+        if name == "NodeFinished":
+            result = result_from_event(unique_id, event.data)
+            self.finished[unique_id] = result
+            self._listener.node_finished(result)
+
+    def _batch_event(self, name: str, unique_id: str, data: Any) -> None:
+        from mage_dbt.dbt.microbatch import batch_label
+
+        label = batch_label(getattr(data, "description", ""))
+        if label is None or name not in ("LogStartBatch", "LogBatchResult"):
+            return
+        if name == "LogStartBatch":
+            callback = getattr(self._listener, "batch_started", None)
+            if callback:
+                callback(unique_id, label)
+            return
+        callback = getattr(self._listener, "batch_finished", None)
+        if callback:
+            status = str(getattr(data, "status", "") or "").lower()
+            ok = status not in ("error", "skipped", "fail")
+            callback(unique_id, label, ok=ok, skipped=status == "skipped",
+                     seconds=float(getattr(data, "execution_time", 0.0) or 0.0))
 
 
 def result_from_event(unique_id: str, data: Any) -> NodeResult:
@@ -207,10 +250,13 @@ def result_from_event(unique_id: str, data: Any) -> NodeResult:
 
 def results_from_run(raw_result: Any) -> dict[str, NodeResult]:
     """Node results from a dbtRunnerResult's RunExecutionResult (the authoritative statuses)."""
+    from mage_dbt.dbt.microbatch import batch_windows
+
     out: dict[str, NodeResult] = {}
     for item in getattr(getattr(raw_result, "result", None), "results", None) or ():
         adapter_response = item.adapter_response or {}
         rows = adapter_response.get("rows_affected")
+        batches_ok, batches_failed = batch_windows(item)
         out[item.node.unique_id] = NodeResult(
             unique_id=item.node.unique_id,
             status=str(getattr(item.status, "value", item.status)).lower(),
@@ -218,6 +264,8 @@ def results_from_run(raw_result: Any) -> dict[str, NodeResult]:
             execution_time=float(item.execution_time or 0.0),
             rows_affected=int(rows) if rows not in (None, "") else None,
             failures=item.failures,
+            batches_ok=batches_ok,
+            batches_failed=batches_failed,
         )
     return out
 

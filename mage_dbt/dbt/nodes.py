@@ -33,6 +33,14 @@ class DbtNode:
     alias: str | None = None
     relation_name: str | None = None
     attached_node: str | None = None
+    # Microbatch models (incremental_strategy: microbatch) and the upstreams they filter by time.
+    event_time: str | None = None
+    batch_size: str | None = None
+    begin: str | None = None
+
+    @property
+    def is_microbatch(self) -> bool:
+        return self.is_incremental and self.incremental_strategy == "microbatch"
 
     @property
     def is_incremental(self) -> bool:
@@ -73,6 +81,9 @@ def node_from_manifest(raw: Mapping[str, Any]) -> DbtNode:
         alias=raw.get("alias") or raw.get("identifier"),
         relation_name=raw.get("relation_name"),
         attached_node=raw.get("attached_node"),
+        event_time=config.get("event_time"),
+        batch_size=config.get("batch_size"),
+        begin=str(config["begin"]) if config.get("begin") is not None else None,
     )
 
 

@@ -7,6 +7,7 @@ dbt:
   select: ["+fct_orders"]  # dbt selector syntax; string or list
   exclude: []
   command: build           # build: models, seeds, snapshots, tests; run: models only
+  event_time_window: run_interval  # microbatch models: run_interval (the run's dates) or dbt_now
 vars: {}                   # extra dbt vars for every run
 target: null               # dbt target (default: the profile's default)
 timezone: UTC              # of execution dates given without an offset
@@ -52,6 +53,10 @@ class DbtSelection(BaseModel):
     select: list[str] | None = None
     exclude: list[str] | None = None
     command: Literal["build", "run"] = "build"
+    # Microbatch models: run_interval = dbt's batches are the run's interval (a run for D writes
+    # D's batches; a backfill D1..D2 all of them, in one invocation); dbt_now = no window is
+    # passed and dbt picks the batches from the current time and `lookback`, as a plain `dbt run`.
+    event_time_window: Literal["run_interval", "dbt_now"] = "run_interval"
 
     _lists = field_validator("select", "exclude", mode="before")(lambda cls, v: _as_list(v))
 

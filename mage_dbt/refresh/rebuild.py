@@ -19,7 +19,7 @@ from prefect.context import FlowRunContext
 from prefect.states import Cancelled, Completed, Failed
 
 from mage_dbt.context import make_context
-from mage_dbt.dates import intervals_between
+from mage_dbt.dates import interval_for, intervals_between
 from mage_dbt.errors import MageDbtError
 from mage_dbt.flows import pipeline_flow
 from mage_dbt.pipelines.pipeline import load_pipeline, restrict
@@ -71,17 +71,24 @@ def rebuild_flow(
     with flow_run_heartbeats(), hold_run_lock(load_settings().data_dir, current_flow_run_id()):  # run_liveness
         logger = get_run_logger()
         settings = load_settings()
-        plan = plan_full_refresh(load_pipeline(settings, pipeline, target=target), select)
+        resolved = load_pipeline(settings, pipeline, target=target)
+        plan = plan_full_refresh(resolved, select)
         dates = rebuild_dates(settings, pipeline, start, end, target)
         models = list(plan.refresh)
         logger.info("rebuild of %s over %d dates (%s .. %s)", ", ".join(models), len(dates), dates[0], dates[-1])
+        # Microbatch models: full refresh + every batch of the range in the first date's invocation.
+        at_once = microbatch_at_once(resolved, models, logger)
+        until = rebuild_window_end(resolved, dates[-1]) if at_once else None
         rows: list[dict[str, Any]] = []
         for index, when in enumerate(dates):
             first = index == 0
+            todo = models if first else [m for m in models if m not in at_once]
+            if not todo:
+                break
             state = pipeline_flow(
                 pipeline=pipeline, execution_date=when, full_refresh=first,
-                full_refresh_select=models if first else None, select=models, target=target, vars=vars,
-                check_drift=first, return_state=True,
+                full_refresh_select=models if first else None, select=todo, target=target, vars=vars,
+                check_drift=first, return_state=True, event_time_end=until if first else None,
             )
             data = _state_data(state)
             failed = sorted(n for n, r in (data.get("results") or {}).items() if r["status"] != "success")
@@ -93,15 +100,35 @@ def rebuild_flow(
             })
             if not state.is_completed():
                 break
-        summary = {"pipeline": pipeline, "models": models, "dates": rows, "planned_dates": len(dates)}
+        planned = 1 if set(models) <= at_once else len(dates)  # microbatch only: one invocation does it all
+        summary = {"pipeline": pipeline, "models": models, "dates": rows, "planned_dates": planned,
+                   "microbatch_at_once": sorted(at_once)}
         ctx = FlowRunContext.get()
         if ctx and ctx.flow_run:  # where `run_flow_quietly` finds a summary Prefect kept as a result record
             _write_json(settings.data_dir / "runs" / str(ctx.flow_run.id) / "summary.json", summary)
-        if len(rows) == len(dates) and rows[-1]["state"] == "COMPLETED":
+        if rows[-1]["state"] == "COMPLETED" and len(rows) == planned:
             return Completed(message=f"rebuilt {', '.join(models)} over {len(dates)} dates", data=summary)
         if interrupted():
             return Cancelled(message=f"{INTERRUPTED} at {rows[-1]['execution_date']}", data=summary)
         return Failed(message=f"rebuild stopped at {rows[-1]['execution_date']}: {rows[-1]['message']}", data=summary)
+
+
+def microbatch_at_once(resolved: Any, models: list[str], logger: Any) -> set[str]:
+    """The rebuilt microbatch models that can run all their batches in the first date's invocation:
+    none when a rebuilt model that is not microbatch feeds one (its dates must come first)."""
+    nodes = resolved.manifest.nodes if resolved.manifest is not None else {}
+    micro = {m for m in models if resolved.blocks[m].unique_id in nodes and nodes[resolved.blocks[m].unique_id].is_microbatch}
+    feeding = sorted(m for m in models if m not in micro and resolved.downstream_of({m}) & micro)
+    if micro and feeding:
+        logger.info("microbatch models %s run date by date: %s (rebuilt date by date) feeds them",
+                    ", ".join(sorted(micro)), ", ".join(feeding))
+        return set()
+    return micro
+
+
+def rebuild_window_end(resolved: Any, last: datetime) -> datetime:
+    """The end of the last date's interval: where the microbatch window of a rebuild stops."""
+    return interval_for(last, resolved.spec.interval, resolved.spec.timezone).end
 
 
 def _state_data(state: Any) -> dict:

@@ -109,6 +109,14 @@ class ProgressReporter:
             extra = {"state_name": state_name} if state_name else {}
             self.inner.skipped(block, kind=kind, reason=reason, tags=tags, **extra)
 
+    def batch_started(self, block: str, label: str) -> None:
+        if self.inner:
+            self.inner.batch_started(block, label)
+
+    def batch_finished(self, block: str, label: str, **outcome: Any) -> None:
+        if self.inner:
+            self.inner.batch_finished(block, label, **outcome)
+
     def log(self, block: str, message: str, level: int = 20) -> None:
         if self.inner:
             self.inner.log(block, message, level)

@@ -168,6 +168,9 @@ def latest_unretried_failure(pipeline: str, belongs: Callable[[PastRun], bool] =
                 return run
 
 
+BATCH_TASK_KEY = "mage-dbt.microbatch-batch."
+
+
 def block_states(flow_run_id: str) -> dict[str, BlockState]:
     """How each block of a run ended, by block name, from the run's task runs."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -182,6 +185,8 @@ def block_states(flow_run_id: str) -> dict[str, BlockState]:
                 sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=PAGE, offset=offset,
             )
             for task_run in page:
+                if task_run.task_key.startswith(BATCH_TASK_KEY):  # a microbatch batch, not a block
+                    continue
                 state = task_run.state
                 states[task_run.name] = BlockState(
                     name=task_run.name,

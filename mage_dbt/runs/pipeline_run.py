@@ -32,6 +32,7 @@ from mage_dbt.runs.block_progress import current_block_sink, with_block_progress
 from mage_dbt.runs.heartbeats import flow_run_heartbeats
 from mage_dbt.runs.history import RETRY_TAG
 from mage_dbt.runs.project_sync import prepare_run_project, record_commit
+from mage_dbt.runs.microbatch_checks import check_event_time_window, warn_unfiltered_upstreams
 from mage_dbt.runs.run_guard import INTERRUPTED, guarded
 from mage_dbt.runs.runner import PipelineRunner, RunSummary
 from mage_dbt.runs.task_runs import TaskRunReporter
@@ -56,23 +57,25 @@ def run_pipeline(
     ref: str | None = None,
     full_refresh_select: list[str] | None = None,
     check_drift: bool = True,
+    event_time_end: datetime | None = None,
 ):
     """The pipeline flow's run (parameters: see `mage_dbt.flows.pipeline_flow`); its final state."""
     settings = load_settings()
     return guarded(settings.data_dir, lambda: _run_pipeline(  # process lock; Ctrl-C -> Cancelled
         settings, pipeline, execution_date, full_refresh, select, target, vars, ref, full_refresh_select,
-        check_drift))
+        check_drift, event_time_end))
 
 
 def _run_pipeline(settings, pipeline, execution_date, full_refresh, select, target, vars, ref,
-                  full_refresh_select, check_drift):
+                  full_refresh_select, check_drift, event_time_end=None):
     with flow_run_heartbeats():  # Prefect's own are off when run in-process (heartbeats.py)
         logger = get_run_logger()
         ctx = FlowRunContext.get()
         run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else "local"
         project = prepare_run_project(settings, pipeline, ref=ref, target=target, log=logger)  # sync_on_run / ref
         spec = load_pipeline_spec(settings.flows_dir, pipeline)
-        context = run_context(spec, execution_date or scheduled_time(), full_refresh, vars, target, run_id)
+        context = run_context(spec, execution_date or scheduled_time(), full_refresh, vars, target, run_id,
+                              event_time_end)
         # dbt parses with the run's vars (dates included): vars can change which nodes exist.
         resolved = load_pipeline(settings, pipeline, target=target, select=select, dbt_ref=project.dbt_ref,
                                  dbt_vars=context.dbt_vars())
@@ -83,24 +86,30 @@ def _run_pipeline(settings, pipeline, execution_date, full_refresh, select, targ
             resolved.name, context.date_vars()["execution_date"], len(resolved.blocks), len(resolved.units),
             ", full refresh" if full_refresh else "",
         )
+        warn_unfiltered_upstreams(resolved, logger)
         max_wait = spec.concurrency.max_wait_seconds if spec.concurrency else None
         with ExitStack() as held:
             try:  # the run's concurrency slots (runs/concurrency.py), taken before the warehouse is touched
+                check_event_time_window(resolved, context)
                 held.enter_context(holding_slots(run_slots(settings, resolved, context), logger, max_wait=max_wait,
                                                  flow_run_id=None if run_id == "local" else run_id))
                 refresh_nodes = plan_run_refresh(resolved, context, full_refresh_select, check_drift=check_drift,
                                                  logger=logger)
             except MageDbtError as exc:  # no slot in time, drift with on_drift: fail, a bad full_refresh_select
                 return Failed(message=exc.one_line(), data=exc)  # returned, not raised: no traceback on the CLI
-            retry = retry_outputs(settings, resolved.name, run_id, ctx.flow_run.tags if ctx and ctx.flow_run else ())
+            run_tags = ctx.flow_run.tags if ctx and ctx.flow_run else ()
+            retry = retry_outputs(settings, resolved.name, run_id, run_tags)
+            context = replace(context, retry_batches=failed_batches_of(settings, run_tags))
             return run_and_report(settings, resolved, context, logger, full_refresh_nodes=refresh_nodes, **retry)
 
 
 def run_context(spec, when: datetime, full_refresh: bool, vars: dict[str, Any] | None, target: str | None,
-                run_id: str):
+                run_id: str, event_time_end: datetime | None = None):
     """The run context every block of this run sees (the pipeline file's vars, then the run's)."""
     return make_context(spec.name, when, interval=spec.interval, timezone=spec.timezone, full_refresh=full_refresh,
-                        vars={**spec.vars, **(vars or {})}, target=target or spec.target, run_id=run_id)
+                        vars={**spec.vars, **(vars or {})}, target=target or spec.target, run_id=run_id,
+                        event_time=spec.dbt.event_time_window if spec.dbt else "run_interval",
+                        event_time_end=event_time_end)
 
 
 class _Silent:
@@ -120,12 +129,14 @@ def check_before_flow_run(spec, resolved, when: datetime, *, full_refresh: bool 
     from mage_dbt.runs.concurrency import held_by_a_run
     from mage_dbt.warehouse.catalog import check_target_opens, target_config
 
-    if resolved.dbt_ref is not None:
-        if held_by_a_run(target_config(resolved.dbt_ref)):
-            return  # the flow run waits for the run holding the file, then checks the same (drift reads it)
+    # A file held by a run with its DuckDB slot: the flow run waits for the slot, then checks drift itself.
+    held = resolved.dbt_ref is not None and held_by_a_run(target_config(resolved.dbt_ref))
+    if resolved.dbt_ref is not None and not held:
         check_target_opens(resolved.dbt_ref)
     context = run_context(spec, when, full_refresh, vars, target, run_id="preflight")
-    plan_run_refresh(resolved, context, full_refresh_select, check_drift=check_drift, logger=_Silent())
+    check_event_time_window(resolved, context)
+    if not held:  # the drift check reads the file
+        plan_run_refresh(resolved, context, full_refresh_select, check_drift=check_drift, logger=_Silent())
 
 
 def retry_outputs(settings: ProjectSettings, pipeline: str, run_id: str, tags: Any) -> dict[str, Any]:
@@ -135,6 +146,18 @@ def retry_outputs(settings: ProjectSettings, pipeline: str, run_id: str, tags: A
     if not retried:
         return {}
     return {"outputs": OutputStore(settings.data_dir, pipeline, run_id, fallback_run_ids=retried)}
+
+
+def failed_batches_of(settings: ProjectSettings, tags: Any) -> dict[str, tuple[tuple[str, str], ...]]:
+    """A retry's microbatch batches to re-run: the failed batches of the run it retries (its
+    summary.json), by model id; models whose batches all succeeded or never ran are not listed."""
+    retried = [t[len(RETRY_TAG):] for t in (tags or ()) if t.startswith(RETRY_TAG)]
+    path = settings.data_dir / "runs" / retried[0] / "summary.json" if retried else None
+    if path is None or not path.is_file():
+        return {}
+    results = json.loads(path.read_text()).get("results", {})
+    return {r["unique_id"]: tuple(tuple(w) for w in r["failed_batches"])
+            for r in results.values() if r.get("unique_id") and r.get("failed_batches")}
 
 
 def run_and_report(settings, resolved, context, logger, **runner_options):

@@ -24,6 +24,7 @@ from mage_dbt.context import RunContext
 from mage_dbt.dbt.executor import DbtExecutor, InProcessDbtExecutor
 from mage_dbt.dbt.invocation import NodeResult, count_invocations
 from mage_dbt.dbt.manifest import prune_target_folders
+from mage_dbt.dbt.microbatch import window_label
 from mage_dbt.pipelines.pipeline import Pipeline, Unit
 from mage_dbt.refresh.full_refresh import invocation_phases, set_aside_snapshots, settle_snapshots, snapshot_ids
 from mage_dbt.runs.interrupts import CANCELLED_MESSAGE, interrupted
@@ -45,6 +46,9 @@ class BlockResult:
     rows: int | None = None
     dbt_status: str | None = None
     unique_id: str | None = None
+    # Microbatch models: dbt's batches that failed ([start, end) ISO pairs; a retry runs only these).
+    failed_batches: list[list[str]] | None = None
+    batches: int | None = None
 
 
 @dataclass
@@ -106,15 +110,28 @@ class _BlockListener:
         message = result.message
         if status == SKIPPED:
             message = result.message or "skipped by dbt: an upstream node failed"
+        batches = len(result.batches_ok) + len(result.batches_failed)
+        if result.batches_failed:
+            message = (f"{len(result.batches_failed)} of {batches} batches failed: "
+                       f"{', '.join(window_label(w) for w in result.batches_failed[:10])} ({result.message})")
         self._summary.results[block.name] = BlockResult(
             name=block.name, kind=block.kind, status=status, message=message,
             seconds=round(result.execution_time, 3), rows=result.rows_affected,
             dbt_status=result.status, unique_id=result.unique_id,
+            failed_batches=[list(w) for w in result.batches_failed] or None, batches=batches or None,
         )
         if self._reporter:
             if result.unique_id not in self._started:  # dbt never started it: its task run still has to exist
                 self.node_started(result.unique_id)
             self._report(block, status, result, message)
+
+    def batch_started(self, unique_id: str, label: str) -> None:
+        if self._reporter:
+            self._reporter.batch_started(self._names[unique_id], label)
+
+    def batch_finished(self, unique_id: str, label: str, *, ok: bool, skipped: bool, seconds: float) -> None:
+        if self._reporter:
+            self._reporter.batch_finished(self._names[unique_id], label, ok=ok, skipped=skipped, seconds=seconds)
 
     def _report(self, block, status, result: NodeResult, message) -> None:
         assert self._reporter is not None

@@ -43,6 +43,11 @@ _DEFAULT_NAMES = {
 RUNNING_DELAY = 1.0  # seconds a block runs before its Running state is sent
 
 
+def batch_task_name(block: str, label: str) -> str:
+    """The task run of one batch of a microbatch model: the model's name and the batch's start."""
+    return f"{block} batch {label}"
+
+
 class TaskRunReporter:
     """Creates one Prefect task run per block inside `flow_run_id` and reports its states."""
 
@@ -73,6 +78,17 @@ class TaskRunReporter:
     ) -> None:
         state_type = StateType.CANCELLED if skipped else StateType.COMPLETED if ok else StateType.FAILED
         self._transition(block, None, (), (), state_type, name, message)
+
+    def batch_started(self, block: str, label: str) -> UUID:
+        """A batch of microbatch model `block` started: a task run of its own, nested in the model's."""
+        return self._transition(batch_task_name(block, label), "microbatch-batch", (), ("microbatch",),
+                                StateType.RUNNING, None, None, parent=block)
+
+    def batch_finished(self, block: str, label: str, *, ok: bool, skipped: bool = False, seconds: float = 0.0) -> None:
+        state_type = StateType.CANCELLED if skipped else StateType.COMPLETED if ok else StateType.FAILED
+        message = "skipped by dbt: an earlier batch failed" if skipped else None
+        self._transition(batch_task_name(block, label), "microbatch-batch", (), ("microbatch",), state_type,
+                         SKIPPED if skipped else None, message, parent=block)
 
     def skipped(self, block: str, *, kind: str, reason: str, tags: tuple[str, ...] = (),
                 state_name: str = SKIPPED) -> None:
@@ -142,10 +158,10 @@ class TaskRunReporter:
         with self._lock:
             return self._ids.setdefault(block, uuid4())
 
-    def _transition(self, block, kind, upstream, tags, state_type, name, message) -> UUID:
+    def _transition(self, block, kind, upstream, tags, state_type, name, message, parent=None) -> UUID:
         try:
             with self._lock:
-                run = self._runs.get(block) or self._new_run(block, kind or "block", upstream, tags)
+                run = self._runs.get(block) or self._new_run(block, kind or "block", upstream, tags, parent)
                 previous = run.state
                 state = State(
                     type=state_type,
@@ -212,12 +228,15 @@ class TaskRunReporter:
         if sender is not None:
             sender.join(timeout=30)
 
-    def _new_run(self, block: str, kind: str, upstream: tuple[str, ...], tags: tuple[str, ...]) -> TaskRun:
+    def _new_run(self, block: str, kind: str, upstream: tuple[str, ...], tags: tuple[str, ...],
+                 parent: str | None = None) -> TaskRun:
         run_id = self._ids.setdefault(block, uuid4())
         inputs = {}
         ups = [self._ids.setdefault(u, uuid4()) for u in upstream]
         if ups:
             inputs["upstream"] = [TaskRunResult(id=u) for u in ups]
+        if parent is not None:  # the UI draws it inside its parent's task run
+            inputs["__parents__"] = [TaskRunResult(id=self._ids.setdefault(parent, uuid4()))]
         now = datetime.now(timezone.utc)
         run = TaskRun(
             id=run_id,
