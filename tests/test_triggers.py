@@ -97,7 +97,8 @@ def test_api_trigger_with_curl_and_the_server_checks_parameter_types(deployed):
 
     def curl(parameters: dict) -> tuple[int, str]:
         done = subprocess.run(
-            ["curl", "-sS", "-X", "POST", "-H", "Content-Type: application/json", "-o", "-", "-w", "\n%{http_code}",
+            # --retry: a busy SQLite server answers 503 now and then; Prefect's own client retries it too
+            ["curl", "-sS", "--retry", "5", "--retry-delay", "1", "-X", "POST", "-H", "Content-Type: application/json", "-o", "-", "-w", "\n%{http_code}",
              "--data", json.dumps({"parameters": parameters}), url],
             capture_output=True, text=True, timeout=60)
         body, _, code = done.stdout.rpartition("\n")
