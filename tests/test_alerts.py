@@ -197,3 +197,25 @@ def test_backfill_workers_take_turns_under_limit_one_and_the_finished_backfill_a
     assert f"pipeline: {name}\n" in text and "outcome: backfill finished" in text, text
     assert "execution date: 2024-07-01" in text and "ended Completed" in text, text
     assert "next: mage-dbt backfill --resume " in text, text
+
+
+def test_a_failed_cli_run_alerts_through_a_named_notification_block(webhook, demo_project):
+    """`notify: {block: custom-webhook/<name>}`: any run of the pipeline alerts, a `mage-dbt run` too."""
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    from tests.support.runs import flow_run_id
+
+    url, received = webhook
+    block = unique("team-hook").replace("_", "-")
+    CustomWebhookNotificationBlock(name="team", url=url, json_data={"text": "{{body}}"}).save(block)
+    name = unique("alerting")
+    _alerting_pipeline(demo_project, name, {"on": ["failed"], "block": f"custom-webhook/{block}"})
+    deployed = cli(demo_project, "deploy", name)
+    assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
+    ran = cli(demo_project, "run", name, "--execution-date", "2024-06-02")
+    assert ran.returncode == 1, ran.stdout[-3000:] + ran.stderr[-3000:]
+    run_id = flow_run_id(ran.stdout)
+    wait_until(lambda: received, 180, "the alert of the failed CLI run")
+    text = received[0]["json"]["text"]
+    assert f"pipeline: {name}\n" in text and "execution date: 2024-06-02" in text, text
+    assert "boom: " in text and "bad input row 7" in text and f"mage-dbt retry --run {run_id}" in text, text
