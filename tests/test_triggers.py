@@ -130,3 +130,30 @@ def test_trigger_cycle_and_unknown_upstream_are_refused_at_deploy(demo_project, 
     else:
         assert f"flows/{a}.yaml:{at}: trigger after unknown pipeline 'no_such_pipeline'" in line, line
     assert deployment(a) is None and deployment(b) is None
+
+
+def test_prefect_yaml_carries_the_trigger_and_prefect_deploy_installs_it(demo_project, tmp_path):
+    import yaml
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    from tests.support.automations import automations_named
+
+    a, b, pool = unique("yaml_up"), unique("yaml_down"), unique("pool")
+    _pipeline(demo_project, a)
+    _pipeline(demo_project, b, trigger={"after": [a]})
+    target = tmp_path / "prefect.yaml"
+    result = cli(demo_project, "deploy", a, b, "--work-pool", pool, "--prefect-yaml", str(target))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    entries = {d["name"]: d for d in yaml.safe_load(target.read_text())["deployments"]}
+    assert "triggers" not in entries[a] and len(entries[b]["triggers"]) == 1
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+    done = subprocess.run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all", "--prefect-file", str(target)],
+                          cwd=demo_project, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    [automation] = automations_named(child_env()["PREFECT_API_URL"], f"mage-dbt: run {b} after {a} completed")
+    [action] = automation["actions"]
+    assert action["type"] == "run-deployment" and action["deployment_id"] == str(deployment(b).id)
+    assert action["parameters"]["execution_date"]["template"].startswith("{{ flow_run.parameters.get('execution_date')")
+    assert automation["trigger"]["expect"] == ["prefect.flow-run.Completed"]
