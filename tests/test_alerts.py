@@ -147,6 +147,14 @@ def test_backfill_workers_take_turns_under_limit_one_and_the_finished_backfill_a
     from tests.test_concurrency_limits import GATED
     from tests.support.runs import task_runs
 
+    def recent():
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.sorting import FlowRunSort
+
+        with get_client(sync_client=True) as client:
+            found = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=6)
+        return [(r.name, r.parameters.get("execution_date"), r.state.name, r.state.message) for r in found]
+
     def interval_run(date: str):
         from prefect.client.orchestration import get_client
         from prefect.client.schemas.sorting import FlowRunSort
@@ -181,7 +189,7 @@ def test_backfill_workers_take_turns_under_limit_one_and_the_finished_backfill_a
         other = "2024-07-03" if first == ["2024-07-02"] else "2024-07-02"
         wait_until(lambda: "waiting for a concurrency slot" in (
             getattr(getattr(interval_run(other), "state", None), "message", None) or ""),
-            180, "the other interval's worker to wait for the slot")
+            90, f"the other interval's worker to wait for the slot {recent()}")
         assert not (gate / f"started-{other}").exists()
     finally:
         (gate / "release").touch()

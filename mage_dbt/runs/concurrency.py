@@ -31,6 +31,7 @@ from mage_dbt.pipelines.policy_checks import concurrency_limit_name
 
 DUCKDB_PREFIX = "mage-dbt-duckdb:"
 TARGET_PREFIX = "mage-dbt-target:"
+FIRST_TRY_SECONDS = 2.0  # a run that gets no slot within this says it waits
 LEASE_SECONDS = 60  # renewed while the run works; frees the slots this long after a process died
 
 
@@ -147,27 +148,39 @@ def holding_slots(slots: list[Slot], logger: Any, *, max_wait: float | None = No
     from prefect.concurrency.sync import concurrency
 
     ensure_limits(slots)
-    waiting = busy(slots)
-    started = time.monotonic()
-    if waiting:
-        bound = f", at most {max_wait:g} s" if max_wait else ""
-        message = f"waiting for a concurrency slot{bound}: {'; '.join(waiting)}"
-        logger.warning(message)  # also on the CLI's console, which shows warnings only
-        _say_in_state(flow_run_id, message)
     from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 
     holder = ConcurrencyLeaseHolder(type="flow_run", id=flow_run_id) if flow_run_id else None  # shown in the UI
+    names = [s.name for s in slots]
+    started = time.monotonic()
+
+    def take(timeout: float | None) -> Any:
+        return concurrency(names, occupy=1, timeout_seconds=timeout, lease_duration=LEASE_SECONDS, strict=True,
+                           holder=holder)
+
     with ExitStack() as held:
-        try:
-            held.enter_context(concurrency([s.name for s in slots], occupy=1, timeout_seconds=max_wait,
-                                           lease_duration=LEASE_SECONDS, strict=True, holder=holder))
+        try:  # a first short try: a run that gets its slots at once says nothing
+            held.enter_context(take(min(FIRST_TRY_SECONDS, max_wait or FIRST_TRY_SECONDS)))
+            waited = False
         except TimeoutError:
-            raise SlotWaitTimeout(
-                f"gave up after waiting {time.monotonic() - started:.0f} s for a concurrency slot "
-                f"(max_wait_seconds: {max_wait:g}): {'; '.join(busy(slots)) or ', '.join(s.why for s in slots)}",
-                hint="the runs holding the slots are still running; raise max_wait_seconds or run later",
-            ) from None
-        if waiting:
+            waited = True
+        if waited:
+            bound = f", at most {max_wait:g} s" if max_wait else ""
+            message = (f"waiting for a concurrency slot{bound}: "
+                       f"{'; '.join(busy(slots)) or ', '.join(s.why for s in slots)}")
+            logger.warning(message)  # also on the CLI's console, which shows warnings only
+            _say_in_state(flow_run_id, message)
+            left = None if max_wait is None else max_wait - (time.monotonic() - started)
+            try:
+                if left is not None and left <= 0:
+                    raise TimeoutError
+                held.enter_context(take(left))
+            except TimeoutError:
+                raise SlotWaitTimeout(
+                    f"gave up after waiting {time.monotonic() - started:.0f} s for a concurrency slot "
+                    f"(max_wait_seconds: {max_wait:g}): {'; '.join(busy(slots)) or ', '.join(s.why for s in slots)}",
+                    hint="the runs holding the slots are still running; raise max_wait_seconds or run later",
+                ) from None
             logger.info("got the concurrency slot(s) after %.1f s", time.monotonic() - started)
             _say_in_state(flow_run_id, None)
         yield
