@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
 from mage_dbt.errors import ConfigError
 
@@ -31,6 +31,7 @@ class SettingsFile(BaseModel):
     profiles_dir: str = "."
     data_dir: str = ".mage_dbt"
     output_retention_days: int = Field(default=14, ge=0)
+    target_concurrency: dict[str, PositiveInt] = Field(default_factory=dict)  # dbt target -> most runs at once
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,22 @@ NEW_MODULES: tuple[str, ...] = (
     "mage_dbt.deploy.server_process",
     "mage_dbt.cli.typer_app",
     "mage_dbt.deploy.zombie_runs",  # issue 22: Prefect's missing-heartbeat automation
+    # issue 16 (part B): concurrency limits, alerts, triggers
+    "mage_dbt.pipelines.production_policies",
+    "mage_dbt.pipelines.policy_checks",
+    "mage_dbt.runs.concurrency",
+    "mage_dbt.runs.pipeline_events",
+    "mage_dbt.deploy.alerts",
+    "mage_dbt.deploy.triggers",
+    # issue 16 (part A): retries and timeouts
+    "mage_dbt.pipelines.run_policies",
+    "mage_dbt.runs.block_results",
+    "mage_dbt.runs.dbt_listener",
+    # issue 15: microbatch models
+    "mage_dbt.dbt.microbatch",
+    "mage_dbt.runs.microbatch_checks",
+    "mage_dbt.backfill.microbatch_phase",
+    "mage_dbt.backfill.microbatch_run",
 )
 
 # Names renamed where they moved (not rewritten by the script: fix by hand if a branch uses them):

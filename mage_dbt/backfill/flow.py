@@ -112,7 +112,15 @@ def backfill_flow(
         if crashed:
             execution.logger.warning("marked %d run(s) left by a dead process CRASHED: %s",
                                      len(crashed), ", ".join(crashed[:10]))
-        return execution.run()
+        state = execution.run()
+    from mage_dbt.runs.pipeline_events import BACKFILL_FINISHED, emit_pipeline_event
+
+    emit_pipeline_event(BACKFILL_FINISHED, plan.pipeline, {  # `notify: {on: [backfill_finished]}`
+        "execution_date": f"{plan.intervals[0].start.isoformat() if plan.intervals else ''} .. "
+                          f"{plan.intervals[-1].start.isoformat() if plan.intervals else ''}",
+        "message": f"backfill {plan.id} ended {getattr(state, 'name', state)}: {getattr(state, 'message', '')}",
+        "next": f"mage-dbt backfill --resume {plan.id}"}, run_id)
+    return state
 
 
 def first_interval_vars(settings: ProjectSettings, plan: BackfillPlan) -> dict[str, Any] | None:

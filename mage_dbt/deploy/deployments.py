@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mage_dbt.deploy.schedules import describe, to_prefect
+from mage_dbt.deploy.triggers import deployment_triggers
 from mage_dbt.errors import ConfigError
+from mage_dbt.pipelines.policy_checks import check_policies, load_all_specs
 from mage_dbt.pipelines.spec import ScheduleSpec, list_pipelines, load_pipeline_spec
 from mage_dbt.settings import PROJECT_DIR_ENV, ProjectSettings
 
@@ -58,6 +60,8 @@ class DeploymentPlan:
     schedule: ScheduleSpec | None
     description: str
     tags: tuple[str, ...]
+    trigger_after: tuple[str, ...] = ()  # `trigger:` (deploy/triggers.py)
+    trigger_on: str = "completed"
 
     @property
     def schedule_text(self) -> str:
@@ -81,13 +85,17 @@ def plan_deployments(settings: ProjectSettings, names: list[str] | None = None) 
             hint="create one, e.g. flows/daily.yaml (see README)",
         )
     plans: list[DeploymentPlan] = []
+    specs = load_all_specs(settings.flows_dir)  # every file: triggers and shared limits span pipelines
+    check_policies(settings.flows_dir, specs)
     for name in names:
-        spec = load_pipeline_spec(settings.flows_dir, name)
+        spec = specs.get(name) or load_pipeline_spec(settings.flows_dir, name)
         if spec.dbt is not None:
             settings.dbt_project_dir(spec.dbt.project)  # a missing dbt project fails here, not at 06:00
         tags = tuple(dict.fromkeys([MANAGED_TAG, *spec.tags]))
         description = " ".join(spec.description.split()) or f"mage_dbt pipeline {spec.name}"
-        plans.append(DeploymentPlan(spec.name, spec.name, False, spec.schedule, description, tags))
+        after = tuple(spec.trigger.after) if spec.trigger else ()
+        plans.append(DeploymentPlan(spec.name, spec.name, False, spec.schedule, description, tags,
+                                    trigger_after=after, trigger_on=spec.trigger.on if spec.trigger else "completed"))
         if spec.full_refresh_schedule is not None:
             plans.append(DeploymentPlan(
                 name=spec.name + FULL_REFRESH_SUFFIX, pipeline=spec.name, full_refresh=True,
@@ -131,6 +139,8 @@ def runner_deployment(
         job_variables=work_pool_job_variables(settings) if work_pool else None,
         # The flow is imported from the installed package, so no source path or pull step is needed.
         entrypoint_type=EntrypointType.MODULE_PATH,
+        triggers=deployment_triggers(plan.pipeline, plan.trigger_after, plan.trigger_on,
+                                     variant_suffix=FULL_REFRESH_SUFFIX),
     )
     if work_pool is None:
         # An explicit None is sent on update: a deployment moved from a work pool to `serve` leaves the pool.
@@ -193,9 +203,32 @@ def deploy(
     check_server()
     if work_pool:
         check_work_pool(work_pool)
+    install_alerts = prepare_policies(settings, plans)  # a missing notify target stops the deploy here
     deployments = [(p, runner_deployment(settings, p, work_pool=work_pool)) for p in plans]
     results = [DeployResult(p.name, str(_apply(d)), p.schedule_text, "deployed") for p, d in deployments]
-    return results + remove_stale(plans)
+    alerts = [DeployResult(name, "-", "notify:", "alert installed") for name in install_alerts()]
+    return results + alerts + remove_stale(plans)
+
+
+def prepare_policies(settings: ProjectSettings, plans: list[DeploymentPlan]):
+    """Check the plans' `notify:` targets on the server (ConfigError, file:line), create or update their
+    concurrency limits; returns the step that installs their alerts (after the deployments exist)."""
+    from mage_dbt.deploy.alerts import install_alerts, notify_targets
+
+    specs = {name: load_pipeline_spec(settings.flows_dir, name) for name in dict.fromkeys(p.pipeline for p in plans)}
+    block_ids = notify_targets(settings.flows_dir, specs)
+    ensure_project_limits(settings, specs)
+    return lambda: install_alerts(specs, block_ids)
+
+
+def ensure_project_limits(settings: ProjectSettings, pipelines) -> None:
+    """Create or update the global concurrency limits of `pipelines` and of mage_dbt.yaml's target_concurrency
+    (DuckDB file limits are created by the first run on the file: a target's path may depend on the run)."""
+    from mage_dbt.runs.concurrency import TARGET_PREFIX, Slot, ensure_limits, pipeline_slots
+
+    slots = [s for name in pipelines for s in pipeline_slots(load_pipeline_spec(settings.flows_dir, name))]
+    slots += [Slot(TARGET_PREFIX + t, k, f"dbt target '{t}'") for t, k in settings.file.target_concurrency.items()]
+    ensure_limits(slots)
 
 
 def _apply(deployment: "RunnerDeployment"):

@@ -15,8 +15,9 @@ from typing import Any
 
 import yaml
 
-from mage_dbt.deploy.deployments import DeploymentPlan
+from mage_dbt.deploy.deployments import FULL_REFRESH_SUFFIX, DeploymentPlan
 from mage_dbt.deploy.schedules import ANCHOR
+from mage_dbt.deploy.triggers import deployment_triggers
 from mage_dbt.settings import PROJECT_DIR_ENV, ProjectSettings
 
 ENTRYPOINT = "mage_dbt.flows.pipeline_flow"
@@ -76,10 +77,19 @@ def prefect_yaml_data(
                 "enforce_parameter_schema": True,
                 "schedules": _schedule(plan),
                 "work_pool": {"name": work_pool, "work_queue_name": None, "job_variables": job_variables},
+                **_triggers(plan),
             }
             for plan in plans
         ],
     }
+
+
+def _triggers(plan: DeploymentPlan) -> dict[str, Any]:
+    """`triggers:` of a pipeline with `trigger:` (deploy/triggers.py), as `prefect deploy` reads them."""
+    if not plan.trigger_after:
+        return {}
+    found = deployment_triggers(plan.pipeline, plan.trigger_after, plan.trigger_on, variant_suffix=FULL_REFRESH_SUFFIX)
+    return {"triggers": [t.model_dump(mode="json", exclude={"id"}) for t in found]}
 
 
 def write_prefect_yaml(

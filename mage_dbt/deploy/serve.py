@@ -20,7 +20,9 @@ import warnings
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from mage_dbt.deploy.deployments import check_server, plan_deployments, remove_stale, runner_deployment
+from mage_dbt.deploy.deployments import (
+    check_server, plan_deployments, prepare_policies, remove_stale, runner_deployment,
+)
 from mage_dbt.settings import PROJECT_DIR_ENV, ProjectSettings
 
 DATABASE_ENV = "PREFECT_API_DATABASE_CONNECTION_URL"
@@ -38,10 +40,13 @@ def serve_pipelines(
 
     plans = plan_deployments(settings, names)
     url = check_server()
+    install_alerts = prepare_policies(settings, plans)  # concurrency limits; notify targets exist
     # Flow runs start in subprocesses from this folder's project, wherever they are triggered from.
     os.environ[PROJECT_DIR_ENV] = str(settings.root)
     os.chdir(settings.root)
     deployments = [runner_deployment(settings, p) for p in plans]
+    for name in install_alerts():
+        announce(f"alert installed: {name}")
     for removed in remove_stale(plans):
         announce(f"removed deployment {removed.name} ({removed.schedule})")
     from mage_dbt.deploy.zombie_runs import ensure_and_say

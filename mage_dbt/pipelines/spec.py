@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mage_dbt.dbt.manifest import DbtProjectRef
 from mage_dbt.errors import ConfigError, PipelineNotFound
+from mage_dbt.pipelines.production_policies import ConcurrencySpec, NotifySpec, TriggerSpec, as_notify_list
 from mage_dbt.pipelines.run_policies import POLICY_KEYS, PolicyFields, RunPolicySpec, SelectionPolicy
 from mage_dbt.pipelines.schedules import check_cron, check_kind, check_timezone
 from mage_dbt.settings import ProjectSettings
@@ -120,6 +121,11 @@ class PipelineSpec(BaseModel):
     sync_on_run: bool = False
     run_policy: RunPolicySpec = Field(default_factory=RunPolicySpec)  # retries/timeouts of every block
     blocks: list[BlockSpec] = Field(default_factory=list)
+    concurrency: ConcurrencySpec | None = None  # production_policies.py
+    notify: list[NotifySpec] = Field(default_factory=list)
+    trigger: TriggerSpec | None = None
+
+    _notify = field_validator("notify", mode="before")(lambda cls, v: as_notify_list(v))
 
     def block_spec(self, name: str) -> BlockSpec | None:
         return next((b for b in self.blocks if b.name == name), None)

@@ -266,6 +266,13 @@ def enforce_on_drift(
     names = [s.block for s in drifted]
     detail = "; ".join(f"{s.block}: {s.describe()}" for s in drifted)
     policy = pipeline.spec.on_drift
+    if context.run_id != "preflight":  # `notify: {on: [drift_found]}` (deploy/alerts.py)
+        from mage_dbt.runs.pipeline_events import DRIFT_FOUND, emit_pipeline_event
+
+        when = context.date_vars()["execution_date"]
+        emit_pipeline_event(DRIFT_FOUND, pipeline.name, {
+            "execution_date": when, "message": f"drift found ({detail}); on_drift: {policy}",
+            "next": fix_command(pipeline, names, when)}, None if context.run_id == "local" else context.run_id)
     if policy == "fail":
         raise DriftError(
             f"pipeline '{pipeline.name}': incremental model{'s' if len(names) > 1 else ''} "

@@ -189,9 +189,16 @@ def dbt_project_refresh_flow(
             timezone=resolved.spec.timezone, full_refresh=True, vars=vars, target=target, run_id=run_id,
         )
         refresh = {resolved.blocks[n].unique_id for n in plan.refresh}
-        try:
-            refresh = enforce_on_drift(resolved, context, refresh, logger)
-        except MageDbtError as exc:
-            return Failed(message=exc.one_line(), data=exc)
-        logger.info("dbt project %s: full refresh of %s", dbt_project, ", ".join(plan.refresh))
-        return run_and_report(settings, resolved, context, logger, full_refresh_nodes=refresh)
+        from contextlib import ExitStack
+
+        from mage_dbt.runs.concurrency import holding_slots, run_slots
+
+        with ExitStack() as held:
+            try:  # the DuckDB file's / target's concurrency slots, as a pipeline run takes them
+                held.enter_context(holding_slots(run_slots(settings, resolved, context), logger,
+                                                 flow_run_id=None if run_id == "local" else run_id))
+                refresh = enforce_on_drift(resolved, context, refresh, logger)
+            except MageDbtError as exc:
+                return Failed(message=exc.one_line(), data=exc)
+            logger.info("dbt project %s: full refresh of %s", dbt_project, ", ".join(plan.refresh))
+            return run_and_report(settings, resolved, context, logger, full_refresh_nodes=refresh)

@@ -11,6 +11,7 @@ the wall clock, so a run that starts late still processes its own date.
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
@@ -26,6 +27,7 @@ from mage_dbt.pipelines.pipeline import for_dbt_vars, load_pipeline
 from mage_dbt.pipelines.spec import load_pipeline_spec
 from mage_dbt.refresh.drift import plan_run_refresh
 from mage_dbt.dbt.pruning import prune_run_records
+from mage_dbt.runs.concurrency import holding_slots, run_slots
 from mage_dbt.runs.block_progress import current_block_sink, with_block_progress
 from mage_dbt.runs.heartbeats import flow_run_heartbeats
 from mage_dbt.runs.history import RETRY_TAG
@@ -85,15 +87,20 @@ def _run_pipeline(settings, pipeline, execution_date, full_refresh, select, targ
             ", full refresh" if full_refresh else "",
         )
         warn_unfiltered_upstreams(resolved, logger)
-        try:
-            check_event_time_window(resolved, context)
-            refresh_nodes = plan_run_refresh(resolved, context, full_refresh_select, check_drift=check_drift, logger=logger)
-        except MageDbtError as exc:  # drift with on_drift: fail, or a bad full_refresh_select: nothing ran
-            return Failed(message=exc.one_line(), data=exc)  # returned, not raised: no traceback on the CLI
-        run_tags = ctx.flow_run.tags if ctx and ctx.flow_run else ()
-        retry = retry_outputs(settings, resolved.name, run_id, run_tags)
-        context = replace(context, retry_batches=failed_batches_of(settings, run_tags))
-        return run_and_report(settings, resolved, context, logger, full_refresh_nodes=refresh_nodes, **retry)
+        max_wait = spec.concurrency.max_wait_seconds if spec.concurrency else None
+        with ExitStack() as held:
+            try:  # the run's concurrency slots (runs/concurrency.py), taken before the warehouse is touched
+                check_event_time_window(resolved, context)
+                held.enter_context(holding_slots(run_slots(settings, resolved, context), logger, max_wait=max_wait,
+                                                 flow_run_id=None if run_id == "local" else run_id))
+                refresh_nodes = plan_run_refresh(resolved, context, full_refresh_select, check_drift=check_drift,
+                                                 logger=logger)
+            except MageDbtError as exc:  # no slot in time, drift with on_drift: fail, a bad full_refresh_select
+                return Failed(message=exc.one_line(), data=exc)  # returned, not raised: no traceback on the CLI
+            run_tags = ctx.flow_run.tags if ctx and ctx.flow_run else ()
+            retry = retry_outputs(settings, resolved.name, run_id, run_tags)
+            context = replace(context, retry_batches=failed_batches_of(settings, run_tags))
+            return run_and_report(settings, resolved, context, logger, full_refresh_nodes=refresh_nodes, **retry)
 
 
 def run_context(spec, when: datetime, full_refresh: bool, vars: dict[str, Any] | None, target: str | None,
@@ -116,15 +123,20 @@ def check_before_flow_run(spec, resolved, when: datetime, *, full_refresh: bool 
                           vars: dict[str, Any] | None = None, target: str | None = None,
                           full_refresh_select: list[str] | None = None, check_drift: bool = True) -> None:
     """What the flow body would refuse before any block runs, checked before a flow run exists (the
-    CLI): the target's DuckDB file opens (not held by another run, its folder writable), and the
+    CLI): the target's DuckDB file opens (its folder writable; not held by another process, unless a
+    run holds its concurrency slot: then this run waits for the slot), and the
     full refresh and on_drift plan stands. Raises the MageDbtError the flow run would end Failed with."""
-    from mage_dbt.warehouse.catalog import check_target_opens
+    from mage_dbt.runs.concurrency import held_by_a_run
+    from mage_dbt.warehouse.catalog import check_target_opens, target_config
 
-    if resolved.dbt_ref is not None:
+    # A file held by a run with its DuckDB slot: the flow run waits for the slot, then checks drift itself.
+    held = resolved.dbt_ref is not None and held_by_a_run(target_config(resolved.dbt_ref))
+    if resolved.dbt_ref is not None and not held:
         check_target_opens(resolved.dbt_ref)
     context = run_context(spec, when, full_refresh, vars, target, run_id="preflight")
     check_event_time_window(resolved, context)
-    plan_run_refresh(resolved, context, full_refresh_select, check_drift=check_drift, logger=_Silent())
+    if not held:  # the drift check reads the file
+        plan_run_refresh(resolved, context, full_refresh_select, check_drift=check_drift, logger=_Silent())
 
 
 def retry_outputs(settings: ProjectSettings, pipeline: str, run_id: str, tags: Any) -> dict[str, Any]:
@@ -175,9 +187,17 @@ def run_and_report(settings, resolved, context, logger, **runner_options):
     failed = summary.names("failed")
     return Failed(
         message=f"{len(failed)} block(s) failed: {', '.join(failed[:10])}; "
-        f"{len(summary.names('skipped'))} skipped",
+        f"{len(summary.names('skipped'))} skipped{first_errors(summary, failed)}",
         data=summary.to_dict(),
     )
+
+
+def first_errors(summary: RunSummary, failed: list[str], most: int = 5) -> str:
+    """` — block: first error line; ...` for the state message (alerts quote it: deploy/alerts.py)."""
+    from mage_dbt.warehouse.profile import first_line
+
+    parts = [f"{name}: {first_line(summary.results[name].message or '')[:200]}" for name in failed[:most]]
+    return f" — {'; '.join(parts)}" if parts else ""
 
 
 def _write_summary(settings, run_id: str, summary: RunSummary) -> None:
