@@ -60,10 +60,10 @@ def test_run_shows_live_progress_on_a_terminal(demo_project):
     assert code == 0, text[-3000:]
     # Redrawn in place: rich moves the cursor up over the display it drew before.
     assert "\x1b[2K" in raw or "\x1b[1A" in raw, raw[-2000:]
-    frames = re.findall(r"demo 2024-02-01 · (\d+)/71 blocks · 0 failed · 0 skipped", text)
+    frames = re.findall(r"demo 2024-02-01 · (\d+)/74 blocks · 0 failed · 0 skipped", text)
     assert frames and len({int(f) for f in frames}) >= 2, text[-3000:]  # the count moved
     assert "running: " in text and "preparing demo for 2024-02-01" in text
-    assert "demo 2024-02-01: 71/71 blocks: 71 success, 0 failed, 0 skipped (0:00:" in text
+    assert "demo 2024-02-01: 74/74 blocks: 74 success, 0 failed, 0 skipped (0:00:" in text
     # (above the display: rich starts the line with a carriage return)
     assert re.search(LOG_LINE.pattern.strip("^$"), text), text[-3000:]
     assert "flow run: " in text

@@ -37,18 +37,20 @@ def test_a_block_option_the_runner_does_not_read_is_refused_with_its_line(demo_p
     path = demo_project / "flows" / "demo.yaml"
     lines = path.read_text().splitlines()
     at = lines.index("    file: flows/demo/load_orders.py")
-    lines.insert(at + 1, "    retries: 3")
+    lines.insert(at + 1, "    priority: 3")
     path.write_text("\n".join(lines) + "\n")
     assert _refused(demo_project, "run", "demo", "-d", DAY) == (
-        f"error: {path}:{at + 2}: block 'load_orders': unknown option 'retries' (mage_dbt does not read it, it "
-        "would be ignored) — remove it; python blocks take: file, upstream, writes, poke_interval, timeout")
+        f"error: {path}:{at + 2}: block 'load_orders': unknown option 'priority' (mage_dbt does not read it, it "
+        "would be ignored) — remove it; python blocks take: file, upstream, writes, poke_interval, timeout, "
+        "retries, retry_delay_seconds, retry_backoff, retry_jitter_factor, timeout_seconds")
     lines[at + 1] = "    dialct: postgres"
     path.write_text("\n".join(lines) + "\n")
     assert "unknown option 'dialct'" in _refused(demo_project, "blocks", "demo")  # every verb reads the file
     sql = path.read_text().replace("    dialect: postgres", "    dialct: postgres").replace("    dialct: postgres\n", "", 1)
     path.write_text(sql)
     assert _refused(demo_project, "blocks", "demo").endswith(
-        "— did you mean 'dialect'? sql blocks take: file, upstream, dialect, materialize, table, schema, check")
+        "— did you mean 'dialect'? sql blocks take: file, upstream, dialect, materialize, table, schema, check, "
+        "retries, retry_delay_seconds, retry_backoff, retry_jitter_factor, timeout_seconds")
 
 
 def test_malformed_profiles_yml_and_dbt_project_yml_are_named_with_their_line(demo_project):
