@@ -46,7 +46,7 @@ def interval_select(plan: Any) -> list[str] | None:
 def plan_split(pipeline: Any) -> MicrobatchSplit | None:
     """The split of `pipeline`'s blocks for a backfill, or None when it has no microbatch model."""
     nodes = pipeline.manifest.nodes if pipeline.manifest is not None else {}
-    models = {n for n, b in pipeline.blocks.items() if b.unique_id in nodes and nodes[b.unique_id].is_microbatch}
+    models = pipeline.microbatch_blocks
     if not models:
         return None
     upstream = set().union(*(nx.ancestors(pipeline.graph, m) for m in models)) - models
@@ -65,12 +65,9 @@ def plan_split(pipeline: Any) -> MicrobatchSplit | None:
 
 def check_window(resolved: Any, start: datetime, end: datetime) -> None:
     """A backfill's event-time window must not start before a microbatch model's `begin`."""
-    from mage_dbt.context import RunContext
-    from mage_dbt.dates import Interval
     from mage_dbt.runs.microbatch_checks import check_event_time_window
 
-    check_event_time_window(resolved, RunContext(pipeline=resolved.name, interval=Interval(start, end),
-                                                 event_time=(start, end)))
+    check_event_time_window(resolved, (start, end))
 
 
 def _date_readers(pipeline: Any, names: set[str]) -> set[str]:

@@ -153,18 +153,9 @@ def mark_crashed(backfill_id: str, *, keep: Iterable[str] = (), reason: str) -> 
     return marked
 
 
-@dataclass(frozen=True)
-class BatchStatus:
-    """One dbt batch of a microbatch model in a backfill's phase, from its task runs."""
-
-    name: str  # "<model> batch <start>"
-    status: str
-    attempts: int
-    message: str | None = None
-
-
-def phase_batches(plan: BackfillPlan, runs: Iterable[Any] | None = None) -> list[BatchStatus]:
-    """Every batch task run of the backfill's microbatch phase runs; a later success wins."""
+def phase_batches(plan: BackfillPlan, runs: Iterable[Any] | None = None) -> list[IntervalStatus]:
+    """The state of every batch (key: its task run name, "<model> batch <start>") over the
+    backfill's microbatch phase runs, decided like an interval's: a later success wins."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.client.schemas.sorting import TaskRunSort
@@ -190,11 +181,7 @@ def phase_batches(plan: BackfillPlan, runs: Iterable[Any] | None = None) -> list
             offset += _PAGE
     out = []
     for name, attempts in sorted(seen.items()):
-        done = [t for t in attempts if t.state_type and t.state_type.value == "COMPLETED"]
-        chosen = done[-1] if done else attempts[-1]
-        state_type = chosen.state_type.value if chosen.state_type else "PENDING"
-        status = {"COMPLETED": COMPLETED, "FAILED": FAILED, "CRASHED": CRASHED}.get(
-            state_type, "skipped" if chosen.state_name == "Skipped" else RUNNING if state_type == "RUNNING" else CANCELLED)
-        out.append(BatchStatus(name=name, status=status, attempts=len(attempts),
-                               message=chosen.state.message if chosen.state else None))
+        status = _latest_status(name, attempts)
+        skipped = status.status == CANCELLED and attempts[-1].state_name == "Skipped"  # dbt skipped the batch
+        out.append(replace(status, status="skipped") if skipped else status)
     return out

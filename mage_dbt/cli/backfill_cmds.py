@@ -221,7 +221,7 @@ def _print_batches(plan: BackfillPlan) -> None:
     if phase is None:
         return
     batches = phase_batches(plan)
-    models = sorted({b.name.split(" batch ")[0] for b in batches})
+    models = sorted({b.key.split(" batch ")[0] for b in batches})
     table = Table(title=f"microbatch phase ({len(plan.microbatch_blocks)} blocks, one dbt invocation per run): "
                   f"{phase.status}, {phase.attempts} run(s); {len(batches)} batches of {', '.join(models[:6])}",
                   title_justify="left")
@@ -230,7 +230,7 @@ def _print_batches(plan: BackfillPlan) -> None:
     table.add_column("attempts", no_wrap=True, justify="right")
     for batch in batches:
         style = STATUS_STYLE.get(batch.status, "yellow")
-        table.add_row(batch.name, f"[{style}]{batch.status}[/]", str(batch.attempts))
+        table.add_row(batch.key, f"[{style}]{batch.status}[/]", str(batch.attempts))
     console.print(table)
 
 

@@ -145,9 +145,7 @@ def rebuild(
     plan = plan_full_refresh(resolved, select, snapshots_option=False)  # rebuild takes no --include-snapshots
     dates = rebuild_dates(settings, pipeline, start, end, target)
     _check_target_opens(resolved)
-    nodes = resolved.manifest.nodes if resolved.manifest is not None else {}
-    microbatch = [m for m in plan.refresh if nodes.get(resolved.blocks[m].unique_id or "") and
-                  nodes[resolved.blocks[m].unique_id].is_microbatch]
+    microbatch = sorted(set(plan.refresh) & resolved.microbatch_blocks)
     console.print(f"rebuild of {', '.join(plan.refresh)}: full refresh for {dates[0].date()}, "
                   f"then {len(dates) - 1} more date(s) in order" + (
                       f" (microbatch {', '.join(microbatch)}: every batch of the range in the first date's "

@@ -202,10 +202,9 @@ class NodeEvents:
             return
         if unique_id in self._microbatch:
             if name == "GenericExceptionOnRun":  # why a batch failed (its result says only "ERROR")
-                text = str(getattr(event.data, "exc", "") or "").replace("Exception on worker thread.", "")
-                lines = [line.strip() for line in text.splitlines() if line.strip()]
-                if lines:
-                    self.batch_errors.setdefault(unique_id, " ".join(lines[:3]))
+                text = first_lines(str(getattr(event.data, "exc", "") or "").replace("Exception on worker thread.", ""))
+                if text:
+                    self.batch_errors.setdefault(unique_id, text)
             self._batch_event(name, unique_id, event.data)
             return
         if name == "NodeFinished":
@@ -276,6 +275,9 @@ def error_text(raw_result: Any) -> str | None:
     exc = getattr(raw_result, "exception", None)
     if exc is None:
         return None
-    text = str(exc).strip()
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return " ".join(lines[:3]) if lines else type(exc).__name__
+    return first_lines(str(exc)) or type(exc).__name__
+
+
+def first_lines(text: str, count: int = 3) -> str:
+    """The first `count` non-empty lines of a dbt error, on one line."""
+    return " ".join([line.strip() for line in text.splitlines() if line.strip()][:count])

@@ -77,6 +77,12 @@ class Pipeline:
         """dbt unique id -> block name, for the dbt blocks of this pipeline."""
         return {b.unique_id: n for n, b in self.blocks.items() if b.unique_id}
 
+    @property
+    def microbatch_blocks(self) -> set[str]:
+        """The blocks that are dbt microbatch models (dbt runs them in event-time batches)."""
+        nodes = self.manifest.nodes if self.manifest is not None else {}
+        return {n for n, b in self.blocks.items() if b.unique_id in nodes and nodes[b.unique_id].is_microbatch}
+
     def downstream_of(self, names: set[str]) -> set[str]:
         out: set[str] = set()
         for name in names:

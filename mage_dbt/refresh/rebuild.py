@@ -116,8 +116,7 @@ def rebuild_flow(
 def microbatch_at_once(resolved: Any, models: list[str], logger: Any) -> set[str]:
     """The rebuilt microbatch models that can run all their batches in the first date's invocation:
     none when a rebuilt model that is not microbatch feeds one (its dates must come first)."""
-    nodes = resolved.manifest.nodes if resolved.manifest is not None else {}
-    micro = {m for m in models if resolved.blocks[m].unique_id in nodes and nodes[resolved.blocks[m].unique_id].is_microbatch}
+    micro = set(models) & resolved.microbatch_blocks
     feeding = sorted(m for m in models if m not in micro and resolved.downstream_of({m}) & micro)
     if micro and feeding:
         logger.info("microbatch models %s run date by date: %s (rebuilt date by date) feeds them",

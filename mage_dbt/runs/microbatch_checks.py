@@ -10,23 +10,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from mage_dbt.context import RunContext
-from mage_dbt.dbt.microbatch import before_begin, upstreams_without_event_time
+from mage_dbt.dbt.microbatch import Window, before_begin, upstreams_without_event_time
 from mage_dbt.errors import SelectionError
 
 
-def pipeline_node_ids(resolved: Any) -> list[str]:
-    return [b.unique_id for b in resolved.blocks.values() if b.unique_id]
-
-
-def check_event_time_window(resolved: Any, context: RunContext) -> None:
-    """Refuse a window that starts before a selected microbatch model's `begin`."""
-    if resolved.manifest is None or context.event_time is None:
+def check_event_time_window(resolved: Any, window: Window | None) -> None:
+    """Refuse a run's event-time `window` (a RunContext's `event_time`) that starts before a
+    selected microbatch model's `begin`."""
+    if resolved.manifest is None or window is None:
         return
-    problems = before_begin(resolved.manifest.nodes, pipeline_node_ids(resolved), context.event_time)
+    problems = before_begin(resolved.manifest.nodes, resolved.blocks_by_id, window)
     if problems:
         first = problems[0]
-        start = context.event_time[0].isoformat()
+        start = window[0].isoformat()
         raise SelectionError(
             f"microbatch model '{first.model}' begins {first.begin}, but this run's event-time window "
             f"starts {start}" + (f" (and {len(problems) - 1} more model(s))" if len(problems) > 1 else ""),
@@ -38,6 +34,6 @@ def warn_unfiltered_upstreams(resolved: Any, logger: Any) -> None:
     """Log a warning per (microbatch model, upstream without event_time)."""
     if resolved.manifest is None:
         return
-    for model, upstream in upstreams_without_event_time(resolved.manifest.nodes, pipeline_node_ids(resolved)):
+    for model, upstream in upstreams_without_event_time(resolved.manifest.nodes, resolved.blocks_by_id):
         logger.warning("microbatch model %s reads %s, which has no event_time: every batch reads all of it "
                        "(set `event_time:` in %s's config)", model, upstream, upstream)

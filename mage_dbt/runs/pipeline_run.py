@@ -90,7 +90,7 @@ def _run_pipeline(settings, pipeline, execution_date, full_refresh, select, targ
         max_wait = spec.concurrency.max_wait_seconds if spec.concurrency else None
         with ExitStack() as held:
             try:  # the run's concurrency slots (runs/concurrency.py), taken before the warehouse is touched
-                check_event_time_window(resolved, context)
+                check_event_time_window(resolved, context.event_time)
                 held.enter_context(holding_slots(run_slots(settings, resolved, context), logger, max_wait=max_wait,
                                                  flow_run_id=None if run_id == "local" else run_id))
                 refresh_nodes = plan_run_refresh(resolved, context, full_refresh_select, check_drift=check_drift,
@@ -134,7 +134,7 @@ def check_before_flow_run(spec, resolved, when: datetime, *, full_refresh: bool 
     if resolved.dbt_ref is not None and not held:
         check_target_opens(resolved.dbt_ref)
     context = run_context(spec, when, full_refresh, vars, target, run_id="preflight")
-    check_event_time_window(resolved, context)
+    check_event_time_window(resolved, context.event_time)
     if not held:  # the drift check reads the file
         plan_run_refresh(resolved, context, full_refresh_select, check_drift=check_drift, logger=_Silent())
 
