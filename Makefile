@@ -25,7 +25,7 @@ services:
 	@bash scripts/ensure_services.sh
 
 test: install services
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -p no:cacheprovider --durations=15 tests
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -p no:cacheprovider --durations=40 tests
 
 -include bench/bench.mk
 

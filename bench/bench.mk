@@ -6,10 +6,11 @@ BENCH_DBT_ARGS      ?=
 BENCH_MANIFEST_ARGS ?=
 BENCH_EMBEDDED_ARGS ?=
 BENCH_MICROBATCH_ARGS ?=
+BENCH_REUSE_ARGS    ?=
 # The other benchmarks of bench/ (backfill, bulk load, microbatch), run with their defaults when present.
-BENCH_OTHERS        := $(wildcard bench/bench_backfill.py bench/bench_load.py bench/bench_microbatch.py)
+BENCH_OTHERS        := $(wildcard bench/bench_backfill.py bench/bench_load.py bench/bench_microbatch.py bench/bench_reuse.py)
 
-.PHONY: bench bench-dbt bench-manifest bench-embedded bench-microbatch bench-others
+.PHONY: bench bench-dbt bench-manifest bench-embedded bench-microbatch bench-reuse bench-others
 
 bench: $(BENCH_DEPS)
 	$(BENCH_PYTHON) bench/bench_dbt.py $(BENCH_DBT_ARGS)
@@ -32,6 +33,10 @@ bench-embedded: $(BENCH_DEPS)
 ## 30-day backfill of 6 microbatch models on Postgres: dbt --event-time-start/end vs mage-dbt backfill vs --vars loop (issue 15).
 bench-microbatch: $(BENCH_DEPS)
 	$(BENCH_PYTHON) bench/bench_microbatch.py $(BENCH_MICROBATCH_ARGS)
+
+## Unchanged second run with --reuse vs plain dbt build, N = 200 on Postgres; one changed model (issue 17).
+bench-reuse: $(BENCH_DEPS)
+	$(BENCH_PYTHON) bench/bench_reuse.py $(BENCH_REUSE_ARGS)
 
 bench-others: $(BENCH_DEPS)
 	@for script in $(BENCH_OTHERS); do echo "== $$script"; $(BENCH_PYTHON) $$script || exit 1; done

@@ -7,14 +7,21 @@ same selection is run side by side, the variants interleaved within every repeti
   (b) `mage-dbt run bench` — mage_dbt's grouped execution with one Prefect task run per node,
       against ONE real Prefect server started for the whole benchmark;
   (c) at N = 50 only, the per-model baseline: `dbt run -s <model>`, one process per model in
-      topological order (what Mage's dbt blocks and Cosmos' default mode do).
+      topological order (what Mage's dbt blocks and Cosmos' default mode do);
+  (w) `mage-dbt run bench` with the dbt worker executor (MAGE_DBT_DBT_EXECUTOR=worker);
+  (j) `mage-dbt run bench` with the JSON-log executor (the dbt CLI as a subprocess);
+  (p1) prefect-dbt's PrefectDbtRunner and (p2) its per-wave orchestrator, each in a Prefect flow,
+      from their own virtualenv (see peer.py; not in the default set: the first run installs it).
 
 Before timing, each project is seeded and built once (untimed), so every timed run is a steady-state
 incremental run with dbt's partial-parse cache warm; mage-dbt gets one untimed warm-up run too.
-Prints the medians and the ratios b/a and c/b, and writes every timing to bench/results/; each
-process output is kept in bench/.work/dbt-n<N>/bench-logs/.
+Prints the medians, the ratios b/a, c/b, w/a, j/a, w/b, j/b (and p1/a, p2/a, b/p1, b/p2 in a
+second table when the peers run) and the Prefect server's CPU
+seconds per mage-dbt run (issue 18: reporting must not be the bottleneck); writes every timing to
+bench/results/; each process output is kept in bench/.work/dbt-n<N>/bench-logs/.
 
     .venv/bin/python bench/bench_dbt.py [--sizes 50,200] [--targets duckdb,pg] [--repeat 3]
+        [--variants a,b,c,w,j,p1,p2]
 """
 
 from __future__ import annotations
@@ -29,13 +36,22 @@ from pathlib import Path
 
 import common
 import gen_project
+import peer
 
 EXECUTION_DATE = "2024-01-15"
 DBT_VARS = f"{{execution_date: {EXECUTION_DATE}}}"
-VARIANTS = {"a": "dbt build", "b": "mage-dbt run", "c": "dbt run -s per model"}
+VARIANTS = {"a": "dbt build", "b": "mage-dbt run", "c": "dbt run -s per model",
+            "w": "mage-dbt run, worker executor", "j": "mage-dbt run, json_log executor",
+            **peer.VARIANTS}
+MAIN_VARIANTS = ("a", "b", "c", "w", "j")  # the columns of the main table; peers get their own
+DEFAULT_VARIANTS = "a,b,c,w,j"
+# mage-dbt variants and the dbt executor each runs with (mage_dbt.dbt.executor_choice)
+MAGE_EXECUTORS = {"b": "in_process", "w": "worker", "j": "json_log"}
+FLOW_VARIANTS = (*MAGE_EXECUTORS, *peer.VARIANTS)  # variants that need the Prefect server
 BASELINE_SIZE = 50
-HEADERS = ["size", "target", "a dbt build (s)", "b mage-dbt (s)", "c per-model (s)",
-           "b/a", "b/a paired", "c/b", "c/a"]
+RATIOS = ("b/a", "b/a paired", "c/b", "c/a", "w/a", "w/a paired", "j/a", "w/b", "j/b")
+HEADERS = ["size", "target", "a dbt build (s)", "b mage-dbt (s)", "c per-model (s)", "w worker (s)",
+           "j json_log (s)", *RATIOS]
 
 
 @dataclass
@@ -48,6 +64,7 @@ class Case:
     env: dict[str, str]
     variants: list[str]
     seconds: dict[str, list[float]] = field(default_factory=dict)
+    server_cpu: dict[str, list[float]] = field(default_factory=dict)  # Prefect server CPU s per run
     errors: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -72,17 +89,25 @@ class Case:
         medians = {v: self.median(v) for v in VARIANTS}
         return {
             "size": self.size, "target": self.target, "seconds": self.seconds,
+            "server_cpu_seconds": self.server_cpu,
+            "server_cpu_median": {v: common.median(c) for v, c in self.server_cpu.items()},
             "median": medians, "errors": self.errors,
             "ratios": {"b/a": common.ratio(medians["b"], medians["a"]),
                        "b/a paired": self.paired_ratio("b", "a"),
                        "c/b": common.ratio(medians["c"], medians["b"]),
-                       "c/a": common.ratio(medians["c"], medians["a"])},
+                       "c/a": common.ratio(medians["c"], medians["a"]),
+                       "w/a": common.ratio(medians["w"], medians["a"]),
+                       "w/a paired": self.paired_ratio("w", "a"),
+                       "j/a": common.ratio(medians["j"], medians["a"]),
+                       "w/b": common.ratio(medians["w"], medians["b"]),
+                       "j/b": common.ratio(medians["j"], medians["b"]),
+                       **peer.ratios(medians)},
         }
 
     def row(self) -> list[str]:
         s = self.summary()
-        return [str(self.size), self.target, *(common.fmt(s["median"][v]) for v in VARIANTS),
-                *(common.fmt(s["ratios"][k]) for k in ("b/a", "b/a paired", "c/b", "c/a"))]
+        return [str(self.size), self.target, *(common.fmt(s["median"][v]) for v in MAIN_VARIANTS),
+                *(common.fmt(s["ratios"][k]) for k in RATIOS)]
 
 
 def dbt_cmd(case: Case, command: str, *args: str) -> list[str]:
@@ -104,14 +129,35 @@ def model_order(manifest_path: Path) -> list[str]:
     return [models[uid]["name"] for uid in graphlib.TopologicalSorter(graph).static_order()]
 
 
+def run_flow_variant(case: Case, variant: str, label: str) -> common.RunResult:
+    """A variant that records a Prefect flow run (mage-dbt or a prefect-dbt peer), with the
+    server CPU seconds it cost; a peer's nodes are checked against what `dbt build` builds."""
+    cpu = common.server_cpu_seconds()
+    if variant in MAGE_EXECUTORS:
+        env = {**case.env, "MAGE_DBT_DBT_EXECUTOR": MAGE_EXECUTORS[variant]}
+        result = common.run_timed(mage_cmd(case), cwd=case.project, env=env,
+                                  log=case.log(f"{variant}-{label}"))
+    else:
+        summary = case.log(f"{variant}-{label}").with_suffix(".nodes.json")
+        summary.unlink(missing_ok=True)
+        cmd = peer.command(variant, case.dbt_dir, case.project, case.target, DBT_VARS, summary)
+        result = common.run_timed(cmd, cwd=case.project, env=case.env,
+                                  log=case.log(f"{variant}-{label}"))
+        problem = result.ok and peer.check_nodes(summary, case.dbt_dir / "target" / "manifest.json")
+        if problem:
+            result = common.RunResult(result.seconds, 1, problem)
+    if label != "warmup":
+        case.server_cpu.setdefault(variant, []).append(common.server_cpu_seconds() - cpu)
+    return result
+
+
 def run_variant(case: Case, variant: str, label: str) -> common.RunResult:
     """Run one variant once, from process start to exit (for (c): the whole per-model loop)."""
     if variant == "a":
         return common.run_timed(dbt_cmd(case, "build"), cwd=case.project, env=case.env,
                                 log=case.log(f"a-{label}"))
-    if variant == "b":
-        return common.run_timed(mage_cmd(case), cwd=case.project, env=case.env,
-                                log=case.log(f"b-{label}"))
+    if variant in FLOW_VARIANTS:
+        return run_flow_variant(case, variant, label)
     total = 0.0
     for model in model_order(case.dbt_dir / "target" / "manifest.json"):
         result = common.run_timed(dbt_cmd(case, "run", "-s", model), cwd=case.project,
@@ -123,7 +169,8 @@ def run_variant(case: Case, variant: str, label: str) -> common.RunResult:
 
 
 def prepare(case: Case) -> bool:
-    """Seed and build once (untimed); warm mage-dbt up, or record why (b) is not available."""
+    """Seed and build once (untimed); warm mage-dbt and the peers up, or record why they are not
+    available."""
     duckdb_file = case.project / ".mage_dbt" / "bench.duckdb"
     duckdb_file.unlink(missing_ok=True)
     result = common.run_timed(dbt_cmd(case, "build"), cwd=case.project, env=case.env,
@@ -131,11 +178,11 @@ def prepare(case: Case) -> bool:
     if not result.ok:
         case.errors["a"] = result.tail
         return False
-    if "b" in case.variants:
-        warm = run_variant(case, "b", "warmup")
+    for variant in [v for v in case.variants if v in FLOW_VARIANTS]:
+        warm = run_variant(case, variant, "warmup")
         if not warm.ok:
-            case.errors["b"] = warm.tail
-            case.variants.remove("b")
+            case.errors[variant] = warm.tail
+            case.variants.remove(variant)
     return True
 
 
@@ -176,19 +223,31 @@ def case_env(project: Path, target: str, size: int, shared: dict[str, str]) -> d
     return env
 
 
+def unavailable(variants: list[str]) -> dict[str, str]:
+    """Why a mage-dbt or peer variant cannot run at all (then it is reported as n/a)."""
+    problems: dict[str, str] = {}
+    mage_problem = any(v in MAGE_EXECUTORS for v in variants) and probe_mage()
+    peer_problem = any(v in peer.VARIANTS for v in variants) and peer.ensure_venv()
+    for variant in variants:
+        problem = mage_problem if variant in MAGE_EXECUTORS else peer_problem
+        if variant in FLOW_VARIANTS and problem:
+            problems[variant] = problem
+    for problem in set(problems.values()):
+        names = [v for v, p in problems.items() if p == problem]
+        print(f"{', '.join(names)} not available, reported as n/a:\n{problem}\n")
+    return problems
+
+
 def run_benchmark(args: argparse.Namespace) -> list[Case]:
-    variants, problem = list(args.variants), None
+    problems = unavailable(args.variants)
+    variants = [v for v in args.variants if v not in problems]
     with contextlib.ExitStack() as stack:
         shared: dict[str, str] = {}
         pg: dict[str, str] = {}
-        if "b" in variants:
-            problem = probe_mage()
-            if problem:
-                print(f"(b) mage-dbt run is not available, reported as n/a:\n{problem}\n")
-                variants.remove("b")
-            else:
-                print("starting the Prefect server for (b) ...", flush=True)
-                shared.update(stack.enter_context(common.prefect_server()))
+        flow_variants = [v for v in variants if v in FLOW_VARIANTS]
+        if flow_variants:
+            print(f"starting the Prefect server for {', '.join(flow_variants)} ...", flush=True)
+            shared.update(stack.enter_context(common.prefect_server()))
         if "pg" in args.targets:
             pg = stack.enter_context(common.postgres_database(f"mage_dbt_bench_{os.getpid()}"))
         cases = []
@@ -202,22 +261,33 @@ def run_benchmark(args: argparse.Namespace) -> list[Case]:
                 print(f"n={size} {target}: preparing (seed + untimed build) ...", flush=True)
                 measure(case, args.repeat)
                 cases.append(case)
-    if problem:
-        for case in cases:
-            case.errors.setdefault("b", problem)
+    for case in cases:
+        for variant, problem in problems.items():
+            case.errors.setdefault(variant, problem)
     return cases
 
 
 def report(cases: list[Case], args: argparse.Namespace) -> None:
     print(f"\nmedians of {args.repeat} run(s); execution date {EXECUTION_DATE}")
     common.print_table(HEADERS, [case.row() for case in cases], left=2)
+    if any(v in args.variants for v in peer.VARIANTS):
+        print(f"\nprefect-dbt {peer.PREFECT_DBT_VERSION} peers (issue 18 target: b/peer <= 0.60, "
+              "peer = the faster of p1 and p2)")
+        common.print_table(peer.HEADERS, [peer.row(case.summary()) for case in cases], left=2)
+    for case in cases:
+        cpu = case.summary()["server_cpu_median"]
+        if cpu:
+            print(f"Prefect server CPU per run (median), n={case.size} {case.target}: "
+                  + ", ".join(f"{v} {common.fmt(c)} s" for v, c in cpu.items()))
     for case in cases:
         for variant, tail in case.errors.items():
             first = tail.strip().splitlines()[-1] if tail.strip() else "(no output)"
             print(f"n/a: n={case.size} {case.target} ({variant}) {VARIANTS[variant]}: {first}")
     path = common.write_results("bench_dbt", {
         "execution_date": EXECUTION_DATE, "repeat": args.repeat, "variants": VARIANTS,
-        "dbt_version": dbt_version(), "cases": [case.summary() for case in cases],
+        "dbt_version": dbt_version(), "prefect_dbt_version": (
+            peer.PREFECT_DBT_VERSION if any(v in args.variants for v in peer.VARIANTS) else None),
+        "cases": [case.summary() for case in cases],
     })
     print(f"results: {path.relative_to(common.REPO_ROOT)}")
 
@@ -235,7 +305,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sizes", default="50,200", help="model counts (default 50,200)")
     parser.add_argument("--targets", default="duckdb,pg", help="profile targets (duckdb,pg)")
     parser.add_argument("--repeat", type=int, default=3, help="repetitions per variant (default 3)")
-    parser.add_argument("--variants", default="a,b,c", help="subset of a,b,c (default all)")
+    parser.add_argument("--variants", default=DEFAULT_VARIANTS,
+                        help=f"subset of {','.join(VARIANTS)} (default {DEFAULT_VARIANTS})")
     args = parser.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",") if s]
     args.targets = [t for t in args.targets.split(",") if t]

@@ -15,7 +15,10 @@ start to exit:
   (a) ONE `dbt run --select <microbatch models> --event-time-start D1 --event-time-end Dn+1day`:
       every day's batch in one invocation (the floor);
   (b) `mage-dbt backfill mb --start D1 --end Dn`: what issue 15 makes one dbt invocation over the
-      whole range, with a Prefect task run per batch;
+      whole range, with a Prefect task run per batch; the default `dbt_executor: auto` runs dbt in a
+      worker process started first thing (Postgres), so its import overlaps the CLI's start-up;
+  (i) (b) with `dbt_executor: in_process` (MAGE_DBT_DBT_EXECUTOR=in_process, the default until
+      2026-12-05): dbt in the CLI process;
   (c) the `dbt run --vars` loop: per day D, `dbt run --select <models> --vars '{execution_date: D}'
       --event-time-start D --event-time-end D+1day` (the day-by-day reference).
 
@@ -43,7 +46,8 @@ import gen_project as gen
 from bench_embedded import environments as embedded_environments
 
 VARIANTS = {"a": "dbt run --event-time-start/end (1 call)", "b": "mage-dbt backfill",
-            "c": "dbt run --vars loop (1 call/day)"}
+            "i": "mage-dbt backfill, dbt_executor: in_process", "c": "dbt run --vars loop (1 call/day)"}
+VARIANT_ENV = {"i": {"MAGE_DBT_DBT_EXECUTOR": "in_process"}}  # (i) is (b) with dbt in the CLI process
 PIPELINE, SETUP_PIPELINE = "mb", "mb_setup"
 SCHEMA = "mb"
 FIRST_DAY = gen.FIRST_DAY  # 2024-01-01, also the models' `begin`
@@ -155,10 +159,12 @@ def commands(project: Path, dbt_dir: Path, days: list[date]) -> dict[str, list[l
     # (a) and (c) keep their own partial-parse files: (c)'s changing --vars must not make (a) re-parse.
     end = days[-1] + timedelta(days=1)
     return {
-        "a": [[*dbt_run("target-a"), "--event-time-start", str(days[0]), "--event-time-end", str(end)]],
+        "a": [[*dbt_run(plain_target("a")), "--event-time-start", str(days[0]), "--event-time-end", str(end)]],
         "b": [[common.venv_exe("mage-dbt"), "backfill", PIPELINE, "--start", str(days[0]),
                "--end", str(days[-1]), "--target", "pg"]],
-        "c": [[*dbt_run("target-c"), "--vars", f"{{execution_date: {day}}}",
+        "i": [[common.venv_exe("mage-dbt"), "backfill", PIPELINE, "--start", str(days[0]),
+               "--end", str(days[-1]), "--target", "pg"]],
+        "c": [[*dbt_run(plain_target("c")), "--vars", f"{{execution_date: {day}}}",
                "--event-time-start", str(day), "--event-time-end", str(day + timedelta(days=1))]
               for day in days],
     }
@@ -171,7 +177,14 @@ def setup_commands(project: Path, dbt_dir: Path, day: date) -> list[list[str]]:
              "--target", "pg"]
     return [[common.venv_exe("mage-dbt"), "backfill", SETUP_PIPELINE, "--start", str(day), "--end", str(day),
              "--target", "pg"],
-            [*parse, "--target-path", "target-a"], [*parse, "--target-path", "target-c"]]
+            [*parse, "--target-path", plain_target("a")], [*parse, "--target-path", plain_target("c")]]
+
+
+def plain_target(variant: str) -> str:
+    """(a)'s and (c)'s dbt target folder, outside the project: mage_dbt's manifest cache key hashes
+    the dbt project's files, so artifacts written inside it (other than in `target/`) would make
+    every mage-dbt run after a plain dbt run parse again."""
+    return str(WORK / "plain-dbt-targets" / f"target-{variant}")
 
 
 # --- the tables --------------------------------------------------------------------------------
@@ -278,9 +291,10 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                         continue
                     reset_tables(pg)
                     before = dbt_invocations(project)
-                    run = run_variant(variant, cmds[variant], project=project, env=env, logs=logs, rep=rep)
-                    if variant == "b":
-                        result["invocations"]["b"] = dbt_invocations(project) - before
+                    run = run_variant(variant, cmds[variant], project=project, env={**env, **VARIANT_ENV.get(variant, {})},
+                                      logs=logs, rep=rep)
+                    if variant in ("b", "i"):
+                        result["invocations"][variant] = dbt_invocations(project) - before
                     print(f"  rep {rep + 1}/{args.repeat} ({variant}) {VARIANTS[variant]}: {run.seconds:.2f} s"
                           + ("" if run.ok else f"  FAILED (exit {run.returncode})"), flush=True)
                     if run.ok:
@@ -322,7 +336,8 @@ def report(result: dict, args: argparse.Namespace) -> int:
     seconds = result["seconds"]
     medians = {v: common.median(seconds.get(v, [])) for v in VARIANTS}
     ratios = {"b/a": common.ratio(medians["b"], medians["a"]), "c/b": common.ratio(medians["c"], medians["b"]),
-              "c/a": common.ratio(medians["c"], medians["a"])}
+              "c/a": common.ratio(medians["c"], medians["a"]), "i/a": common.ratio(medians["i"], medians["a"]),
+              "c/i": common.ratio(medians["c"], medians["i"])}
     print(f"\nmedians of {args.repeat} run(s); {len(days)} days {days[0]}..{days[-1]}, {len(MODELS)} microbatch "
           f"models, Postgres, embedded default (no PREFECT_API_URL)")
     common.print_table(["variant", "median (s)", "dbt calls", "runs (s)"], [
@@ -330,6 +345,8 @@ def report(result: dict, args: argparse.Namespace) -> int:
          " ".join(f"{s:.2f}" for s in seconds.get(v, []))] for v in VARIANTS if v in args.variants])
     print(f"b/a = {common.fmt(ratios['b/a'])} (target <= 1.2)   c/b = {common.fmt(ratios['c/b'], 1)} "
           f"(target >= 10)   c/a = {common.fmt(ratios['c/a'], 1)}")
+    if "i" in args.variants:
+        print(f"with dbt_executor: in_process: i/a = {common.fmt(ratios['i/a'])}   c/i = {common.fmt(ratios['c/i'], 1)}")
     for variant, tail in result["errors"].items():
         last = tail.strip().splitlines()[-1] if tail.strip() else "(no output)"
         print(f"n/a: ({variant}) {VARIANTS[variant]}: {last}")
@@ -358,12 +375,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--days", type=int, default=30, help=f"days to backfill (default 30; the seed covers {SEED_DAYS} from {FIRST_DAY})")
     parser.add_argument("--start", default=str(FIRST_DAY), help=f"first day (default {FIRST_DAY})")
     parser.add_argument("--repeat", type=int, default=3, help="repetitions per variant (default 3)")
-    parser.add_argument("--variants", default="a,b,c", help="subset of a,b,c (default all)")
+    parser.add_argument("--variants", default="a,b,i,c", help="subset of a,b,i,c (default all)")
     parser.add_argument("--dry", action="store_true", help="generate the project, print the commands, run nothing")
     args = parser.parse_args(argv)
     args.variants = [v for v in args.variants.split(",") if v]
     if not args.variants or set(args.variants) - set(VARIANTS) or args.repeat < 1:
-        parser.error("--variants must be a non-empty subset of a,b,c; --repeat >= 1")
+        parser.error("--variants must be a non-empty subset of a,b,i,c; --repeat >= 1")
     if not 1 <= args.days or date.fromisoformat(args.start) < FIRST_DAY:
         parser.error(f"--days >= 1 and --start on or after the models' begin ({FIRST_DAY})")
     return args

@@ -172,12 +172,35 @@ def prefect_server(timeout: float = 180) -> Iterator[dict[str, str]]:
                 raise RuntimeError(f"Prefect server did not start; see {home / 'server.log'}")
             time.sleep(0.5)
         started = True
+        SERVER_GROUPS.append(proc.pid)
         yield {"PREFECT_HOME": str(home), "PREFECT_API_URL": api_url}
     finally:
+        if proc.pid in SERVER_GROUPS:
+            SERVER_GROUPS.remove(proc.pid)
         _stop(proc)
         log.close()
         if started:  # keep the folder (and its server.log) only when the start failed
             shutil.rmtree(home, ignore_errors=True)
+
+
+SERVER_GROUPS: list[int] = []  # process groups of the Prefect servers started by prefect_server()
+
+
+def server_cpu_seconds() -> float:
+    """CPU seconds (user + system) used so far by every process of the running Prefect servers:
+    read before and after a run, the difference is what recording that run cost the server."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) in SERVER_GROUPS:  # fields[2]: pgrp; [11], [12]: utime, stime
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
 
 
 def _stop(proc: subprocess.Popen) -> None:

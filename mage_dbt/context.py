@@ -27,6 +27,8 @@ class RunContext:
     event_time: tuple[datetime, datetime] | None = None
     # A retry: microbatch model id -> the batch windows that failed (only those run again).
     retry_batches: Mapping[str, tuple[tuple[str, str], ...]] = field(default_factory=lambda: MappingProxyType({}))
+    # A slim run (--changed): dbt defers to the relations of the state manifest in this folder.
+    defer_state: str | None = None
 
     @property
     def execution_date(self) -> datetime:

@@ -43,6 +43,9 @@ def pipeline_flow(
     full_refresh_select: list[str] | None = None,
     check_drift: bool = True,
     event_time_end: datetime | None = None,
+    reuse: bool | None = None,
+    changed: bool = False,
+    state_target: str | None = None,
 ):
     """Run a mage_dbt pipeline (dbt, Python and SQL blocks) for one execution date.
 
@@ -63,9 +66,17 @@ def pipeline_flow(
         event_time_end: Microbatch models process the event-time window from the execution
             date's interval start to this moment in one dbt invocation (backfills); empty means
             the interval's end.
+        reuse: Skip dbt nodes whose code, config, macros, vars, upstream data and interval are
+            unchanged since their last successful build on this target (reported "Reused");
+            empty means the pipeline's `reuse:` setting. A full refresh never reuses.
+        changed: Run only the dbt nodes modified since the last successful run on the state
+            target, and their downstream (dbt's state:modified+), deferring to that run's
+            relations for parents this run does not build.
+        state_target: With changed: the target whose last successful run is the state
+            (e.g. prod while running on dev); empty means this run's target.
     """
     return run_pipeline(
         pipeline, execution_date=execution_date, full_refresh=full_refresh, select=select, target=target,
         vars=vars, ref=ref, full_refresh_select=full_refresh_select, check_drift=check_drift,
-        event_time_end=event_time_end,
+        event_time_end=event_time_end, reuse=reuse, changed=changed, state_target=state_target,
     )

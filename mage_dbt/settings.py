@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
@@ -19,6 +20,7 @@ from mage_dbt.errors import ConfigError
 SETTINGS_FILE = "mage_dbt.yaml"
 PROJECT_DIR_ENV = "MAGE_DBT_PROJECT_DIR"
 DATA_DIR_ENV = "MAGE_DBT_DATA_DIR"
+DBT_EXECUTOR_ENV = "MAGE_DBT_DBT_EXECUTOR"  # overrides dbt_executor (benchmarks, one-off runs)
 
 
 class SettingsFile(BaseModel):
@@ -32,6 +34,10 @@ class SettingsFile(BaseModel):
     data_dir: str = ".mage_dbt"
     output_retention_days: int = Field(default=14, ge=0)
     target_concurrency: dict[str, PositiveInt] = Field(default_factory=dict)  # dbt target -> most runs at once
+    # How dbt runs a group of nodes (mage_dbt.dbt.executor_choice): in this process, the dbt CLI read
+    # through its JSON log, a dbt worker process started with the run, or auto (the worker for local
+    # backfills on warehouses other than DuckDB, in this process otherwise).
+    dbt_executor: Literal["auto", "in_process", "json_log", "worker"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,12 @@ class ProjectSettings:
     def data_dir(self) -> Path:
         override = os.environ.get(DATA_DIR_ENV)
         return Path(override).resolve() if override else (self.root / self.file.data_dir).resolve()
+
+    @property
+    def dbt_executor(self) -> str:
+        """How dbt runs node groups: MAGE_DBT_DBT_EXECUTOR, else mage_dbt.yaml's `dbt_executor`
+        (checked by mage_dbt.dbt.executor_choice)."""
+        return os.environ.get(DBT_EXECUTOR_ENV) or self.file.dbt_executor
 
     def dbt_project_dir(self, name: str | None = None) -> Path:
         """The folder of dbt project `name` (default: the project's default dbt project)."""

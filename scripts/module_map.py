@@ -70,6 +70,8 @@ MODULES: dict[str, str] = {
 # Modules that did not exist before (split out of a module above, or a flow's implementation).
 NEW_MODULES: tuple[str, ...] = (
     "mage_dbt.dbt.parse_patches",
+    "mage_dbt.dbt.selection_cache",
+    "mage_dbt.warehouse.profile_light",
     "mage_dbt.pipelines.schedules",
     "mage_dbt.runs.pipeline_run",
     "mage_dbt.runs.project_sync",
@@ -93,6 +95,27 @@ NEW_MODULES: tuple[str, ...] = (
     "mage_dbt.runs.microbatch_checks",
     "mage_dbt.backfill.microbatch_phase",
     "mage_dbt.backfill.microbatch_run",
+    # issue 20: backfills through a work pool
+    "mage_dbt.backfill.pool_runs",
+    # issue 19: what analysts see in the Prefect UI
+    "mage_dbt.runs.run_artifacts",
+    "mage_dbt.backfill.artifacts",
+    "mage_dbt.runs.assets",
+    "mage_dbt.deploy.parameter_form",
+    # issue 17: reuse, plan, slim runs
+    "mage_dbt.dbt.state_keys",
+    "mage_dbt.dbt.state_store",
+    "mage_dbt.dbt.slim",
+    "mage_dbt.runs.reuse",
+    "mage_dbt.runs.freshness_gate",
+    "mage_dbt.runs.run_plan",
+    "mage_dbt.runs.slim",
+    "mage_dbt.cli.plan_cmds",
+    # issue 18: dbt executors
+    "mage_dbt.dbt.executor_choice",
+    "mage_dbt.dbt.json_log_executor",
+    "mage_dbt.dbt.worker_executor",
+    "mage_dbt.dbt.worker_process",
 )
 
 # Names renamed where they moved (not rewritten by the script: fix by hand if a branch uses them):

@@ -77,3 +77,31 @@ def test_what_concurrent_intervals_may_run():
         "batches": "microbatch", "history": "snapshot", "loaded": "seed", "report": "sql block, materialize: table",
         "seen": "view", "whole": "table",
     }
+
+
+def test_merge_models_get_a_warning_when_intervals_may_run_at_once():
+    """A merge model keeps whichever interval's merge lands last: named in a warning for concurrent or
+    pooled intervals, with depends_on_past as the fix; silent when intervals run one after another."""
+    from types import SimpleNamespace
+
+    from mage_dbt.backfill.safety import order_warning
+    from mage_dbt.blocks.block import Block
+    from mage_dbt.dbt.nodes import DbtNode
+
+    nodes = [DbtNode(unique_id=f"model.p.{name}", name=name, resource_type="model", package_name="p",
+                     original_file_path="", fqn=("p", name), depends_on=(), materialized="incremental",
+                     incremental_strategy=strategy)
+             for name, strategy in (("orders", "merge"), ("daily", "delete+insert"), ("appended", "append"))]
+    blocks = {n.name: Block(name=n.name, kind="dbt_model", unique_id=n.unique_id, materialized=n.materialized)
+              for n in nodes}
+
+    def pipeline(depends_on_past=False):
+        return SimpleNamespace(name="p", blocks=blocks, spec=SimpleNamespace(depends_on_past=depends_on_past),
+                               manifest=SimpleNamespace(nodes={n.unique_id: n for n in nodes}))
+
+    warning = order_warning(pipeline(), 2)
+    assert warning is not None and warning.endswith(": orders. If a later interval must win, set "
+                                                    "depends_on_past: true in flows/p.yaml")
+    assert order_warning(pipeline(), 1, work_pool="pool") == warning
+    assert order_warning(pipeline(), 1) is None
+    assert order_warning(pipeline(depends_on_past=True), 1, work_pool="pool") is None

@@ -59,10 +59,17 @@ def test_deploy_registers_schedules_form_and_full_refresh_variant_idempotently(d
     # The parameter form: typed fields with readable titles and descriptions; the pipeline is fixed.
     props = main.parameter_openapi_schema["properties"]
     assert props["pipeline"]["enum"] == [name] and props["pipeline"]["readOnly"] is True
-    assert {"format": "date-time", "type": "string"} in props["execution_date"]["anyOf"]
+    assert (props["execution_date"]["type"], props["execution_date"]["format"]) == ("string", "date-time")
     assert props["full_refresh"]["type"] == "boolean"
     assert {"items": {"type": "string"}, "type": "array"} in props["select"]["anyOf"]
-    assert {"type": "string"} in props["target"]["anyOf"]
+    # The dbt target is a choice among the profile's targets, filled in with the one a run uses.
+    assert (props["target"]["type"], props["target"]["enum"]) == ("string", ["duckdb", "pg"])
+    assert props["target"]["default"] == "duckdb" and "one of duckdb, pg" in props["target"]["description"]
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    with get_client(sync_client=True) as client, pytest.raises(PrefectHTTPStatusError, match="nosuch"):
+        client.create_flow_run_from_deployment(main.id, parameters={"target": "nosuch"})  # not in the profile
     assert any(t.get("type") == "object" for t in props["vars"]["anyOf"])
     titles = {p: props[p]["title"] for p in props}
     assert titles.items() >= {

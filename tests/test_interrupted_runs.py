@@ -66,22 +66,28 @@ def _gated_pipeline(project: Path) -> Path:
 
 
 def _start(project: Path, *args: str, env: dict | None = None, log: Path) -> subprocess.Popen:
-    """The real CLI in its own process group (as a terminal runs it), output to `log`."""
-    return subprocess.Popen(
+    """The real CLI in its own process group (as a terminal runs it), stdout to `log`, stderr to
+    `log` + ".stderr" (a file, never a pipe nobody reads while the run goes on: a run that logs more
+    than a pipe holds would block before its gate; two CI runs saw a live run never reach its gate)."""
+    err = log.with_name(log.name + ".stderr")
+    proc = subprocess.Popen(
         [str(BIN / "mage-dbt"), *args], cwd=project, env={**os.environ, "COLUMNS": "200", **(env or {})},
-        stdout=log.open("w"), stderr=subprocess.PIPE, text=True, start_new_session=True,
+        stdout=log.open("w"), stderr=err.open("w"), text=True, start_new_session=True,
     )
+    proc.stderr_log = err  # type: ignore[attr-defined]
+    return proc
 
 
 def _signal_group(proc: subprocess.Popen, sig: int, timeout: float = 180) -> tuple[int, str]:
+    """Send `sig` to the run's process group; its exit code and what it wrote to stderr."""
     try:
         os.killpg(proc.pid, sig)
-        _, err = proc.communicate(timeout=timeout)
+        proc.wait(timeout=timeout)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    return proc.returncode, err
+    return proc.returncode, proc.stderr_log.read_text()  # type: ignore[attr-defined]
 
 
 def _run_dirs(project: Path) -> set[str]:

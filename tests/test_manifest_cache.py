@@ -64,3 +64,35 @@ def test_dbt_selector_syntax_selects_blocks(settings):
     pipeline = load_pipeline(settings, "demo", select=["+fct_daily_revenue"])
     assert {"fct_daily_revenue", "stg_orders", "raw_orders"} <= set(pipeline.blocks)
     assert "dim_customers" not in pipeline.blocks
+
+
+def test_a_selection_is_remembered_per_manifest_and_a_new_process_needs_no_dbt_for_it(settings, demo_project):
+    """`mage_dbt.dbt.selection_cache`: the second process gets the same nodes without importing
+    dbt's selector; `state:` selections are never remembered."""
+    import subprocess
+    import sys
+
+    from mage_dbt.dbt.selection_cache import selection_key
+
+    spec = load_pipeline_spec(settings.flows_dir, "demo")
+    ref = dbt_project_ref(settings, spec, None)
+    chosen = ManifestCache().load(ref).select(["+fct_daily_revenue", "path:models/staging"], ["stg_customers"])
+    assert "model.demo.fct_daily_revenue" in chosen and "model.demo.stg_orders" in chosen and "model.demo.stg_customers" not in chosen
+
+    code = f"""
+import json, sys
+from pathlib import Path
+from mage_dbt.dbt.manifest import ManifestCache
+from mage_dbt.pipelines.spec import dbt_project_ref, load_pipeline_spec
+from mage_dbt.settings import load_settings
+settings = load_settings(Path({str(demo_project)!r}))
+ref = dbt_project_ref(settings, load_pipeline_spec(settings.flows_dir, "demo"), None)
+chosen = ManifestCache().load(ref).select(["+fct_daily_revenue", "path:models/staging"], ["stg_customers"])
+print(json.dumps([sorted(chosen), "dbt.graph" in sys.modules]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=demo_project)
+    assert out.returncode == 0, out.stderr[-2000:]
+    again, imported_dbt = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(again) == chosen and imported_dbt is False
+    assert selection_key(["state:modified+"], None) is None and selection_key(None, ["result:error"]) is None
+    assert selection_key(["tag:daily"], None) is not None

@@ -51,3 +51,30 @@ def test_independent_python_block_does_not_split_dbt_group():
     units = group_units(blocks, graph)
     dbt_units = [u for u in units if u.kind == "dbt_group"]
     assert len(dbt_units) == 1 and set(dbt_units[0].blocks) == {"stg", "fct"}
+
+
+def test_an_error_in_our_dbt_event_handling_is_kept_for_the_executor_not_raised_into_dbt():
+    """dbt fires events from its worker threads: an exception escaping our callback there left the
+    invocation hanging, so NodeEvents keeps it (the executor raises it once dbt returns)."""
+    from types import SimpleNamespace
+
+    from mage_dbt.dbt.invocation import NodeEvents
+
+    class Broken:
+        def node_started(self, unique_id):
+            raise TypeError("listener bug")
+
+    events = NodeEvents(Broken())
+    event = SimpleNamespace(info=SimpleNamespace(name="NodeStart"),
+                            data=SimpleNamespace(node_info=SimpleNamespace(unique_id="model.demo.a")))
+    events(event)  # must not raise into dbt
+    events(event)
+    assert isinstance(events.failure, TypeError) and str(events.failure) == "listener bug"
+
+
+def test_a_slot_tag_names_the_limit_a_run_holds_and_odd_tags_name_none():
+    from mage_dbt.runs.concurrency import Slot, slot_tag, tagged_slots
+
+    slot = Slot("mage-dbt-backfill:daily-20240101-20240110-1234", 3, "backfill")
+    assert tagged_slots([slot_tag(slot), "backfill:x", "mage-dbt-slot:no-limit", "mage-dbt-slot:zero=0"]) == [
+        Slot(slot.name, 3, f"limit {slot.name}")]

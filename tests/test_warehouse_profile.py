@@ -205,3 +205,67 @@ def test_nested_secrets_are_masked(tmp_path: Path) -> None:
     target = resolve_target(tmp_path, "d", None)
     assert "aws-secret-do-not-show" not in repr(target) and "eu-west-1" in repr(target)
     assert target.get("settings")["s3_secret_access_key"] == "aws-secret-do-not-show"
+
+
+PLAIN = """
+plain:
+  target: "{{ env_var('PLAIN_TARGET', 'pg') }}"
+  outputs:
+    pg:
+      type: postgres
+      host: "{{ env_var('PLAIN_HOST', '127.0.0.1') }}"
+      port: "{{ env_var('PLAIN_PORT', '5432') | as_number }}"
+      user: postgres
+      password: "{{ env_var('PLAIN_PASSWORD', '') }}"
+      dbname: "{{ var('db', 'shop') }}"
+      schema: "analytics_{{ env_var('PLAIN_SUFFIX', 'dev') }}"
+      keepalives_idle: 0
+      connect_timeout: "10"
+      search_path: ["{{ var('path', 'public') }}", "{{ env_var('PLAIN_HOST', 'x') }}"]
+    macros:
+      type: postgres
+      host: "h{{ modules.datetime.date(2024, 1, 2).day }}"
+      user: postgres
+      dbname: shop
+      schema: analytics
+"""
+
+
+@pytest.mark.parametrize("profile, target, env, cli_vars, light", [
+    ("shop", None, {}, {}, True),
+    ("shop", None, {"SHOP_DUCKDB_DIR": "/tmp/x"}, {"schema": "s2"}, True),
+    ("shop", "pg", {"SHOP_PG_PORT": "6543"}, {}, False),  # a DBT_ENV_SECRET_ variable: dbt's placeholder
+    ("shop", "needs_env", {"SHOP_REQUIRED_HOST": "db.internal"}, {}, True),
+    ("shop", "bq", {}, {}, True),
+    ("plain", None, {}, {}, True),
+    ("plain", None, {"PLAIN_PORT": "6000", "PLAIN_PASSWORD": "{{ not jinja }}", "PLAIN_SUFFIX": "7"},
+     {"db": "warehouse", "path": 3}, True),
+    ("plain", "macros", {}, {}, False),  # `modules` is no env_var/var: dbt renders it
+])
+def test_the_light_renderer_equals_dbts_or_leaves_it_to_dbt(tmp_path, monkeypatch, profile, target, env, cli_vars,
+                                                            light):
+    """profiles.yml rendered without dbt (`profile_light`) gives the very TargetConfig dbt's own
+    renderer gives, or None (then dbt renders it)."""
+    from mage_dbt.warehouse.profile import _build, _resolve
+    from mage_dbt.warehouse.profile_light import render_target_light
+
+    (tmp_path / "profiles.yml").write_text(textwrap.dedent(PROFILES) + textwrap.dedent(PLAIN))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    for name in ("PLAIN_TARGET", "PLAIN_HOST", "PLAIN_PORT", "PLAIN_PASSWORD", "PLAIN_SUFFIX"):
+        if name not in env:
+            monkeypatch.delenv(name, raising=False)
+    path = tmp_path / "profiles.yml"
+    rendered = render_target_light(path, profile, target, cli_vars)
+    assert (rendered is not None) is light
+    by_dbt = _resolve(path, profile, target, dict(cli_vars))
+    if rendered is not None:
+        by_light = _build(path, profile, *rendered)
+        assert by_light == by_dbt and by_light.fields == by_dbt.fields
+        assert [type(v) for v in by_light.fields.values()] == [type(v) for v in by_dbt.fields.values()]
+
+
+def test_a_missing_env_var_is_left_to_dbt_which_names_it(profiles_dir: Path) -> None:
+    from mage_dbt.warehouse.profile_light import render_target_light
+
+    assert render_target_light(profiles_dir / "profiles.yml", "shop", "needs_env", {}) is None

@@ -6,5 +6,5 @@
 * `flow` — the parent backfill flow (in-process subflows, or worker processes for concurrency);
 * `workers` / `worker` — the worker processes behind `--concurrency N`;
 * `safety` — which blocks several intervals may run at once (`--concurrency N` refuses the others);
-* `progress` — the live progress bar.
+* `progress` — the live progress bar; `artifacts` — the progress artifact and the final table in Prefect.
 """

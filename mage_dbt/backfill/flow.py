@@ -28,11 +28,12 @@ from prefect import flow, get_run_logger, tags
 from prefect.context import FlowRunContext
 from prefect.states import Cancelled, Completed, Failed
 
+from mage_dbt.backfill.artifacts import BackfillArtifacts
 from mage_dbt.backfill.lock import BackfillLock, refuse_overlapping
+from mage_dbt.backfill.safety import check_concurrency, order_warning
 from mage_dbt.backfill.plan import (
     BackfillPlan,
     add_parent_run,
-    check_concurrency,
     check_unchanged,
     interval_key,
     interval_label,
@@ -44,12 +45,14 @@ from mage_dbt.backfill.plan import (
 from mage_dbt.backfill.microbatch_phase import interval_select, plan_split
 from mage_dbt.backfill.microbatch_run import run_microbatch_phase
 from mage_dbt.backfill.progress import current_sink
-from mage_dbt.backfill.state import BACKFILL_FLOW_NAME, COMPLETED, count_statuses, interval_statuses, mark_crashed
+from mage_dbt.backfill.state import (
+    BACKFILL_FLOW_NAME, COMPLETED, count_statuses, interval_statuses, mark_crashed, project_tag,
+)
 from mage_dbt.dates import Interval
 from mage_dbt.errors import BackfillError
 from mage_dbt.flows import pipeline_flow
 from mage_dbt.pipelines.pipeline import load_pipeline
-from mage_dbt.runs.heartbeats import engine_heartbeats_off
+from mage_dbt.runs.heartbeats import engine_heartbeats_off, flow_run_heartbeats
 from mage_dbt.runs.interrupts import interrupted
 from mage_dbt.settings import ProjectSettings, load_settings
 
@@ -79,27 +82,37 @@ def backfill_flow(
     force: bool = False,
     yes: bool = False,
     keep_going: bool = False,
+    work_pool: str | None = None,
 ):
-    """Backfill a pipeline over [start, end] (interval starts, both inclusive), or resume backfill_id."""
+    """Backfill a pipeline over [start, end] (interval starts, both inclusive), or resume backfill_id.
+
+    With work_pool, the intervals are submitted as runs of the pipeline's deployment in that
+    Prefect work pool (at most `concurrency` at once) instead of running in this process."""
     settings = load_settings()
     settings.export_environment()
     plan = resolve_plan(
         settings, pipeline=pipeline, start=start, end=end, interval=interval, concurrency=concurrency,
         select=select, full_refresh_first=full_refresh_first, target=target, backfill_id=backfill_id,
-        force=force, yes=yes,
+        force=force, yes=yes, work_pool=work_pool,
     )
     ctx = FlowRunContext.get()
     run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else None
-    with BackfillLock(record_path(settings, plan.id).with_suffix(".lock")).acquire(plan.id) as lock:
+    # Heartbeats: this flow's own thread when the CLI turned Prefect's off (no join wait at the end).
+    lock_file = BackfillLock(record_path(settings, plan.id).with_suffix(".lock"))
+    with flow_run_heartbeats(), lock_file.acquire(plan.id) as lock:
         refuse_overlapping(settings, plan)  # a deployment run is checked here (the CLI checked before)
         if run_id:
-            _tag_flow_run(run_id, plan.tag)
+            _tag_flow_run(run_id, plan.tag, project_tag(settings.root))
             add_parent_run(settings, plan, run_id)
-        crashed = mark_crashed(plan.id, keep=[run_id] if run_id else [],
-                               reason="its process is gone (backfill resumed)")
+        # Runs in a work pool live on their workers, not in a process of this backfill: a resume waits
+        # for them (pool_runs), and the server marks those whose worker died (missing heartbeats).
+        crashed = [] if plan.work_pool else mark_crashed(plan.id, keep=[run_id] if run_id else [],
+                                                         reason="its process is gone (backfill resumed)")
         resolved = load_pipeline(settings, plan.pipeline, target=plan.target, select=list(plan.select or ()) or None,
                                  dbt_vars=first_interval_vars(settings, plan))
-        check_concurrency(resolved, concurrency or plan.concurrency)
+        check_concurrency(resolved, concurrency or plan.concurrency, work_pool=plan.work_pool)
+        if warning := order_warning(resolved, concurrency or plan.concurrency, work_pool=plan.work_pool):
+            get_run_logger().warning(warning)
         split = plan_split(resolved)
         if split is not None and split.fallback:
             get_run_logger().warning("microbatch models run interval by interval, each interval with its own "
@@ -138,6 +151,8 @@ def resolve_plan(
 ) -> BackfillPlan:
     """The plan to run: a recorded one (resume, checked for pipeline changes) or a new one."""
     if backfill_id:
+        if request.get("work_pool"):
+            raise BackfillError(f"resuming {backfill_id} uses its recorded work pool; it takes no work_pool")
         recorded = load_plan(settings, backfill_id)
         plan = check_unchanged(settings, recorded, force=force)
         if plan is not recorded:
@@ -149,7 +164,7 @@ def resolve_plan(
         settings, request["pipeline"], request["start"], request["end"], interval=request.get("interval"),
         select=request.get("select"), target=request.get("target"),
         full_refresh_first=bool(request.get("full_refresh_first")), concurrency=request.get("concurrency") or 1,
-        yes=bool(request.get("yes")),
+        yes=bool(request.get("yes")), work_pool=request.get("work_pool"),
     )
     save_plan(settings, plan)
     return plan
@@ -182,14 +197,15 @@ def apply_no_dbt_artifacts(target_path: Path | None) -> None:
     os.environ[DBT_WRITE_JSON] = "false"
 
 
-def _tag_flow_run(flow_run_id: str, tag: str) -> None:
-    """Add the backfill tag to this flow run (a deployment run cannot know the id beforehand)."""
+def _tag_flow_run(flow_run_id: str, *new_tags: str) -> None:
+    """Add the backfill's tags to this flow run (a deployment run cannot know the id beforehand)."""
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(flow_run_id)
-        if tag not in run.tags:
-            client.update_flow_run(flow_run_id, tags=[*run.tags, tag])
+        missing = [t for t in new_tags if t not in run.tags]
+        if missing:
+            client.update_flow_run(flow_run_id, tags=[*run.tags, *missing])
 
 
 class BackfillExecution:
@@ -216,6 +232,7 @@ class BackfillExecution:
         self.logger = get_run_logger()
         self.failures = 0
         self.target_path = target_path
+        self.artifacts = BackfillArtifacts(enabled=parent_flow_run_id is not None)  # backfill/artifacts.py
 
     def run(self):
         plan = self.plan
@@ -229,6 +246,7 @@ class BackfillExecution:
             f", {self.concurrency} at a time" if self.concurrency > 1 else "",
         )
         self.sink.begin(plan.id, len(plan.intervals), len(plan.intervals) - len(todo), len(todo))
+        self.artifacts.begin(plan.id, len(plan.intervals), len(plan.intervals) - len(todo))
         try:
             with without_dbt_artifacts(self.target_path):
                 if run_microbatch_phase(self, todo):
@@ -241,7 +259,13 @@ class BackfillExecution:
         return self._final_state()
 
     def _run_all(self, todo: list[Interval]) -> None:
-        if self.concurrency > 1 and len(todo) > 1:
+        if self.plan.work_pool:
+            from mage_dbt.backfill.pool_runs import PoolRuns
+            from mage_dbt.pipelines.spec import load_pipeline_spec
+
+            in_order = load_pipeline_spec(self.settings.flows_dir, self.plan.pipeline).depends_on_past
+            PoolRuns(self, self.plan.work_pool, size=self.concurrency, in_order=in_order).run(todo)
+        elif self.concurrency > 1 and len(todo) > 1:
             head, rest = todo[:1], todo[1:]
             self._run_here(head)
             if rest and (self.keep_going or not self.failures):
@@ -278,6 +302,7 @@ class BackfillExecution:
         else:
             self.logger.info("interval %s completed in %.1fs", label, seconds)
         self.sink.interval_finished(label, status, seconds, message)
+        self.artifacts.finished(label, seconds)
 
     # -- in worker processes ----------------------------------------------------------------------
     def _run_in_workers(self, intervals: list[Interval]) -> None:
@@ -308,6 +333,7 @@ class BackfillExecution:
                                       "message": s.message} for k, s in statuses.items()},
         }
         summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        self.artifacts.final_table(plan.pipeline, plan.id, data["intervals"])
         if interrupted():
             return Cancelled(message=f"interrupted (Ctrl-C) with {counts.get(COMPLETED, 0)} of {len(plan.intervals)} "
                              f"intervals completed; resume with: mage-dbt backfill --resume {plan.id}", data=data)

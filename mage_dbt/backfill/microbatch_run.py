@@ -43,6 +43,8 @@ def run_microbatch_phase(execution: Any, todo: list) -> bool:
     execution.logger.info("microbatch phase: %d block(s) over %s in one dbt invocation: %s",
                           len(select), label, ", ".join(select[:10]))
     started = time.perf_counter()
+    shown = f"microbatch phase {label}"
+    execution.sink.phase_started(shown)
     with tags(plan.tag, PHASE_TAG, *retry), engine_heartbeats_off():
         state = pipeline_flow(
             pipeline=plan.pipeline, execution_date=first.start, event_time_end=last.end,
@@ -52,6 +54,7 @@ def run_microbatch_phase(execution: Any, todo: list) -> bool:
     seconds = time.perf_counter() - started
     status = ("completed" if state.is_completed() else "crashed" if state.is_crashed()
               else "cancelled" if state.is_cancelled() else "failed")
+    execution.sink.phase_finished(shown, status, seconds, None if status == COMPLETED else state.message)
     if plan.interval_blocks == ():  # nothing runs per interval: each interval ends with the phase
         for interval in todo:
             execution.finished(interval_label(interval, plan.interval), status, seconds / max(1, len(todo)),

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from mage_dbt.backfill.microbatch_phase import check_window, plan_split
-from mage_dbt.backfill.safety import check_concurrent_intervals
+from mage_dbt.backfill.safety import check_concurrency
 from mage_dbt.dates import Interval, _count, get_timezone, interval_for, intervals_between, parse_execution_date
 from mage_dbt.errors import BackfillError
 from mage_dbt.pipelines.pipeline import Pipeline, load_pipeline, pipeline_file
@@ -117,6 +117,7 @@ class BackfillPlan:
     # per interval (mage_dbt.backfill.microbatch_phase); () and None: everything per interval.
     microbatch_blocks: tuple[str, ...] = ()
     interval_blocks: tuple[str, ...] | None = None
+    work_pool: str | None = None  # intervals run as deployment runs in this Prefect work pool (pool_runs)
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     @property
@@ -137,6 +138,7 @@ class BackfillPlan:
             "concurrency": self.concurrency,
             "microbatch_blocks": list(self.microbatch_blocks),
             "interval_blocks": None if self.interval_blocks is None else list(self.interval_blocks),
+            "work_pool": self.work_pool,
             "created_at": self.created_at,
             "fingerprint": {
                 "pipeline_file": self.fingerprint.pipeline_file,
@@ -162,6 +164,7 @@ class BackfillPlan:
             concurrency=int(raw.get("concurrency") or 1),
             microbatch_blocks=tuple(raw.get("microbatch_blocks") or ()),
             interval_blocks=None if raw.get("interval_blocks") is None else tuple(raw["interval_blocks"]),
+            work_pool=raw.get("work_pool"),
             created_at=raw["created_at"],
             fingerprint=PipelineFingerprint(
                 pipeline_file=raw["fingerprint"]["pipeline_file"],
@@ -275,6 +278,7 @@ def check_request(
     select: Sequence[str] | None = None,
     target: str | None = None,
     concurrency: int = 1,
+    work_pool: str | None = None,
 ) -> BackfillRequest:
     """Everything `make_plan` checks except the number of intervals; builds no interval list."""
     if concurrency < 1:
@@ -287,7 +291,7 @@ def check_request(
     # parsed with the first interval's dates: the manifest the intervals reuse (mage_dbt.dbt.parse_vars)
     resolved = load_pipeline(settings, pipeline, target=target, select=list(select) if select else None,
                              dbt_vars=run_dbt_vars(spec, window.first.start))
-    check_concurrency(resolved, concurrency)
+    check_concurrency(resolved, concurrency, work_pool=work_pool)
     return BackfillRequest(pipeline=resolved, window=window)
 
 
@@ -304,10 +308,11 @@ def make_plan(
     concurrency: int = 1,
     yes: bool = False,
     limit: int | None = None,
+    work_pool: str | None = None,
 ) -> tuple[BackfillPlan, Pipeline]:
     """Validate a backfill request and resolve it into a plan; nothing is written or started."""
     request = check_request(settings, pipeline, start, end, interval=interval, select=select, target=target,
-                            concurrency=concurrency)
+                            concurrency=concurrency, work_pool=work_pool)
     window, resolved = request.window, request.pipeline
     refusal = size_refusal(window, yes=yes, limit=limit)
     if refusal is not None:
@@ -315,7 +320,8 @@ def make_plan(
     unit = window.unit
     intervals = intervals_between(window.first.start, window.last.start, unit, window.timezone)
     first, last = intervals[0], intervals[-1]
-    split = plan_split(resolved)
+    # Through a work pool every interval is a run of the deployment, each with its own event-time window.
+    split = None if work_pool else plan_split(resolved)
     if split is not None and split.phase:
         check_window(resolved, first.start, last.end)
     plan = BackfillPlan(
@@ -333,23 +339,9 @@ def make_plan(
         concurrency=concurrency,
         microbatch_blocks=split.phase if split else (),
         interval_blocks=split.rest if split and split.phase else None,
+        work_pool=work_pool,
     )
     return plan, resolved
-
-
-def check_concurrency(pipeline: Pipeline, concurrency: int) -> None:
-    """DuckDB takes one writing process per database file: concurrency > 1 is refused there."""
-    if concurrency <= 1 or pipeline.manifest is None:
-        return
-    adapter = getattr(pipeline.manifest.dbt_manifest.metadata, "adapter_type", None)
-    if adapter == "duckdb":
-        raise BackfillError(
-            f"--concurrency {concurrency} needs a warehouse that takes concurrent writers; target "
-            f"'{pipeline.dbt_ref.target if pipeline.dbt_ref and pipeline.dbt_ref.target else 'default'}' "
-            "is DuckDB, whose database file takes one writing process at a time",
-            hint="drop --concurrency (intervals then run one after another), or use a Postgres/BigQuery target",
-        )
-    check_concurrent_intervals(pipeline, concurrency)  # tables, views, seeds, snapshots: one interval at a time
 
 
 def check_unchanged(settings: ProjectSettings, plan: BackfillPlan, *, force: bool = False) -> BackfillPlan:

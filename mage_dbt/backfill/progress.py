@@ -27,6 +27,10 @@ class ProgressSink(Protocol):
 
     def interval_finished(self, label: str, status: str, seconds: float, message: str | None = None) -> None: ...
 
+    def phase_started(self, label: str) -> None: ...
+
+    def phase_finished(self, label: str, status: str, seconds: float, message: str | None = None) -> None: ...
+
     def end(self) -> None: ...
 
 
@@ -40,6 +44,12 @@ class NullSink:
         pass
 
     def interval_finished(self, label: str, status: str, seconds: float, message: str | None = None) -> None:
+        pass
+
+    def phase_started(self, label: str) -> None:
+        pass
+
+    def phase_finished(self, label: str, status: str, seconds: float, message: str | None = None) -> None:
         pass
 
     def end(self) -> None:
@@ -83,19 +93,31 @@ class RichProgress:
         self._refresh()
 
     def interval_finished(self, label: str, status: str, seconds: float, message: str | None = None) -> None:
-        if label in self.running:
-            self.running.remove(label)
         if status == "completed":
             self.done += 1
         elif status == "cancelled":  # Ctrl-C: stopped, not failed
             self.cancelled += 1
         else:
             self.failed += 1
-        line = status_line(status, label, seconds, message)  # the same line as a run's blocks
+        self._ended(label, status, seconds, message)
         if self._progress is not None:
-            self._progress.console.print(line, highlight=False)
             self._progress.advance(self._task)
         self._refresh()
+
+    def phase_started(self, label: str) -> None:
+        """A step of the backfill that is no interval (the microbatch phase): shown as running, not counted."""
+        self.interval_started(label)
+
+    def phase_finished(self, label: str, status: str, seconds: float, message: str | None = None) -> None:
+        self._ended(label, status, seconds, message)
+        self._refresh()
+
+    def _ended(self, label: str, status: str, seconds: float, message: str | None) -> None:
+        """No longer running; its line printed (the same line as a run's blocks)."""
+        if label in self.running:
+            self.running.remove(label)
+        if self._progress is not None:
+            self._progress.console.print(status_line(status, label, seconds, message), highlight=False)
 
     def _refresh(self) -> None:
         if self._progress is not None and self._task is not None:

@@ -185,3 +185,39 @@ def phase_batches(plan: BackfillPlan, runs: Iterable[Any] | None = None) -> list
         skipped = status.status == CANCELLED and attempts[-1].state_name == "Skipped"  # dbt skipped the batch
         out.append(replace(status, status="skipped") if skipped else status)
     return out
+
+
+def project_tag(root: Any) -> str:
+    """The tag a backfill flow run carries to say which mage_dbt project it belongs to: a hash of the
+    project folder's path (machines that run one project's work-pool runs keep it at the same path)."""
+    import hashlib
+    from pathlib import Path
+
+    return f"mage-dbt-project:{hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest()[:12]}"
+
+
+def running_backfill_runs(pipeline: str, *, exclude: str, project: str) -> list[tuple[str, str, str]]:
+    """(backfill id, first day, last day) of the backfill flow runs of `pipeline` in the project tagged
+    `project` (`project_tag`) running or about to run on the Prefect server, other than backfill
+    `exclude`'s; days as ISO dates."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    live = [StateType.RUNNING, StateType.PENDING]
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[BACKFILL_FLOW_NAME])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=live))),
+            limit=_PAGE)
+    out = []
+    for run in runs:
+        params = run.parameters or {}
+        ids = [t.removeprefix(backfill_tag("")) for t in run.tags or () if t.startswith(backfill_tag(""))]
+        if project not in (run.tags or ()) or params.get("pipeline") != pipeline or exclude in ids \
+                or params.get("backfill_id") == exclude:
+            continue  # (a backfill's own flow run gets its tag only once it runs: backfill_id tells then)
+        out.append((ids[0] if ids else str(run.id), str(params.get("start") or "")[:10], str(params.get("end") or "")[:10]))
+    return out

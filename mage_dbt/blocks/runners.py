@@ -28,6 +28,7 @@ class BlockOutcome:
     output: Any = None
     message: str | None = None
     rows: int | None = None
+    writes: tuple[str, ...] = ()  # "schema.table" of the tables the block wrote (recorded for reuse)
 
 
 # kind -> "module:function"; imported lazily so a pipeline only pays for the kinds it uses.

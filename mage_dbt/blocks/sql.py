@@ -255,7 +255,8 @@ def _materialize(warehouse: Any, compiled: CompiledSql, label: str) -> BlockOutc
     if compiled.materialize == "table":
         rows = int(warehouse.read_sql(f"select count(*) as n from {compiled.relation_sql()}").iloc[0, 0])
     name = Relation(compiled.relation_sql(), database=rel.catalog or None, schema=rel.db, table=rel.name)
-    return BlockOutcome(output=str(name), rows=rows, message=f"created {compiled.materialize} {name}")
+    return BlockOutcome(output=str(name), rows=rows, message=f"created {compiled.materialize} {name}",
+                        writes=(f"{rel.db.lower()}.{rel.name.lower()}",))
 
 
 def _execute_in_transaction(warehouse: Any, dialect: str, statements: list[str], label: str,

@@ -32,6 +32,7 @@ from mage_dbt.cli import (  # noqa: F401
     backfill_cmds,
     deploy_cmds,
     output_cmds,
+    plan_cmds,
     project_cmds,
     refresh_cmds,
     retry_cmds,

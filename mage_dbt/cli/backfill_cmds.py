@@ -15,12 +15,12 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from mage_dbt.backfill.safety import check_concurrency
 from mage_dbt.backfill.plan import (
     CEILING_INTERVALS,
     MAX_INTERVALS_ENV,
     BackfillPlan,
     IntervalWindow,
-    check_concurrency,
     check_request,
     check_unchanged,
     interval_key,
@@ -64,11 +64,17 @@ def backfill(
     keep_going: bool = typer.Option(False, "--keep-going", help="Go on with later intervals after one fails."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Resume backfill ID: run only its intervals that did not complete."),
     force: bool = typer.Option(False, "--force", help="Resume even though the pipeline definition changed."),
+    work_pool: Optional[str] = typer.Option(None, "--work-pool", help="Submit the intervals as runs of the pipeline's deployment in this Prefect work pool (workers on any machine run them; -j bounds how many at once)."),
     target: Optional[str] = Target,
     project_dir: Optional[Path] = ProjectDir,
 ) -> int:
     """Backfill PIPELINE over --start..--end, one Prefect flow run per interval (both ends inclusive)."""
     settings = settings_for(project_dir)
+    worker = not dry_run and _starts_worker(settings, pipeline, target, resume, concurrency, work_pool)
+    if worker:
+        from mage_dbt.cli.run_cmds import start_dbt_worker
+
+        start_dbt_worker()
     if concurrency is not None and concurrency < 1:
         raise BackfillError(f"--concurrency {concurrency} must be at least 1")
     if max_intervals is not None and max_intervals < 1:
@@ -77,6 +83,7 @@ def backfill(
         conflicting = [flag for flag, value in (
             ("PIPELINE", pipeline), ("--start", start), ("--end", end), ("--interval", interval),
             ("--select", select), ("--full-refresh-first", full_refresh_first), ("--target", target),
+            ("--work-pool", work_pool),
         ) if value]
         if conflicting:
             raise BackfillError(
@@ -101,16 +108,45 @@ def backfill(
             )
         if dry_run:
             return _dry_run(settings, pipeline, start, end, interval=interval, select=select, target=target,
-                            concurrency=concurrency or 1, yes=yes, limit=max_intervals)
-        plan, _ = make_plan(
+                            concurrency=concurrency or 1, work_pool=work_pool, yes=yes, limit=max_intervals)
+        plan, resolved = make_plan(
             settings, pipeline, start, end, interval=interval, select=select, target=target,
             full_refresh_first=full_refresh_first, concurrency=concurrency or 1, yes=yes, limit=max_intervals,
+            work_pool=work_pool,
         )
+        if worker and resolved.manifest is not None:  # the worker loads it while the backfill flow starts
+            from mage_dbt.dbt.worker_executor import preload_worker
+
+            preload_worker(resolved.manifest)
+    if plan.work_pool:  # the deployment the intervals are submitted to, in that pool (one line if not)
+        from mage_dbt.backfill.pool_runs import pool_deployment
+
+        pool_deployment(plan.pipeline, plan.work_pool)
     check_data_dir(settings.data_dir)  # a read-only or full data folder stops here, before any flow run
     refuse_overlapping(settings, plan)  # another live backfill writing the same microbatch batches
     if not resume:
         save_plan(settings, plan)
     return _run(settings, plan, resume=bool(resume), concurrency=concurrency, force=force, keep_going=keep_going)
+
+
+def _starts_worker(settings: ProjectSettings, pipeline: str | None, target: str | None, resume: str | None,
+                   concurrency: int | None, work_pool: str | None) -> bool:
+    """A local backfill run one interval at a time uses the dbt worker on a warehouse that takes it
+    (`dbt_executor: auto`, mage_dbt.dbt.executor_choice); intervals in worker processes or a work pool
+    run in-process there (a `worker` setting still applies to them)."""
+    from mage_dbt.cli.run_cmds import starts_dbt_worker
+    from mage_dbt.errors import MageDbtError
+
+    if resume:
+        try:
+            plan = load_plan(settings, resume)
+        except MageDbtError:
+            return False  # the resume reports it next
+        pipeline, target, work_pool = plan.pipeline, plan.target, plan.work_pool
+        concurrency = concurrency or plan.concurrency
+    if not pipeline or work_pool or ((concurrency or 1) > 1 and settings.dbt_executor != "worker"):
+        return False
+    return starts_dbt_worker(settings, pipeline, target)
 
 
 def _prepare_resume(settings: ProjectSettings, backfill_id: str, *, concurrency: int | None, force: bool):
@@ -127,7 +163,7 @@ def _prepare_resume(settings: ProjectSettings, backfill_id: str, *, concurrency:
     check_unchanged(settings, plan, force=force)
     resolved = load_pipeline(settings, plan.pipeline, target=plan.target,
                              select=list(plan.select) if plan.select else None)
-    check_concurrency(resolved, concurrency or plan.concurrency)
+    check_concurrency(resolved, concurrency or plan.concurrency, work_pool=plan.work_pool)
     statuses = interval_statuses(plan)
     todo = [i for i in plan.intervals if statuses[interval_key(i)].status != COMPLETED]
     return plan, todo
@@ -149,7 +185,10 @@ def _run(settings: ProjectSettings, plan: BackfillPlan, *, resume: bool, concurr
     from mage_dbt.cli.console import err_console
     from mage_dbt.cli.live_progress import block_logs
 
-    with block_logs(err_console), use_sink(RichProgress(console)):  # block logs as `run` shows them
+    from mage_dbt.runs.heartbeats import engine_heartbeats_off
+
+    # engine_heartbeats_off: the flow sends its own heartbeats, without Prefect's wait at the end.
+    with block_logs(err_console), use_sink(RichProgress(console)), engine_heartbeats_off():
         state = backfill_flow(
             pipeline=plan.pipeline, start=plan.start, end=plan.end, interval=plan.interval,
             concurrency=concurrency or plan.concurrency, select=list(plan.select) if plan.select else None,

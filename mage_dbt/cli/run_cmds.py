@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -14,6 +15,7 @@ from mage_dbt.cli.tables import print_run_recap, print_run_table
 from mage_dbt.cli.options import ProjectDir, Target, parse_vars, settings_for
 from mage_dbt.cli.typer_app import app
 from mage_dbt.dates import parse_execution_date
+from mage_dbt.dbt.executor_choice import check_executor, resolve_executor, target_adapter
 from mage_dbt.pipelines.pipeline import load_pipeline
 from mage_dbt.pipelines.spec import load_pipeline_spec
 
@@ -27,20 +29,63 @@ def run(
     var: Optional[list[str]] = typer.Option(None, "--var", help="Extra dbt var KEY=VALUE (repeatable)."),
     ref: Optional[str] = typer.Option(None, "--ref", help="Run once against this branch, tag or commit of the "
                                       "git-synced dbt project; the current revision stays as it is."),
+    reuse: Optional[bool] = typer.Option(None, "--reuse/--no-reuse", help="Skip dbt nodes unchanged since their "
+                                         "last successful build on this target (default: the pipeline's reuse: setting)."),
+    changed: bool = typer.Option(False, "--changed", help="Only the dbt nodes modified since the last successful "
+                                 "run on the state target, and their downstream (state:modified+), deferring to "
+                                 "that run's relations for parents not built."),
+    state_target: Optional[str] = typer.Option(None, "--state-target", help="With --changed: the target whose last "
+                                               "successful run is the state (default: --target)."),
     project_dir: Optional[Path] = ProjectDir,
 ) -> int:
     """Run PIPELINE for one execution date (a Prefect flow run with one task run per block)."""
     settings = settings_for(project_dir)
+    worker = starts_dbt_worker(settings, pipeline, target)
+    if worker:
+        start_dbt_worker()
     check_data_dir(settings.data_dir)  # a read-only or full data folder stops here, before any flow run
     spec = load_pipeline_spec(settings.flows_dir, pipeline)
     when = parse_execution_date(execution_date, spec.timezone)
     with block_progress(err_console, f"preparing {pipeline} for {execution_date}: dbt project, Prefect flow run"):
         summary = _run(settings, spec, pipeline, when, full_refresh=full_refresh, select=select,
-                       target=target, var=var, ref=ref)
+                       target=target, var=var, ref=ref, reuse=reuse, changed=changed, state_target=state_target,
+                       preload=worker)
     return finish_run(summary)
 
 
-def _run(settings, spec, pipeline, when, *, full_refresh, select, target, var, ref) -> dict:
+def start_dbt_worker() -> None:
+    """Start the dbt worker first thing (its dbt import overlaps with ours of Prefect,
+    mage_dbt.dbt.worker_executor); the flow's runner uses it too, also when `auto` chose it."""
+    from mage_dbt.dbt.worker_executor import prestart_worker
+    from mage_dbt.settings import DBT_EXECUTOR_ENV
+
+    os.environ[DBT_EXECUTOR_ENV] = "worker"
+    prestart_worker()
+
+
+def starts_dbt_worker(settings, pipeline: str, target: str | None) -> bool:
+    """Whether a `mage-dbt run`/`backfill` of `pipeline` uses the dbt worker; decided before dbt is
+    imported, so the worker can start first thing. A spec that cannot be read says no (the command
+    reports it next)."""
+    from mage_dbt.errors import MageDbtError
+    from mage_dbt.pipelines.spec import dbt_project_ref
+
+    check_executor(settings.dbt_executor)
+    if settings.dbt_executor in ("in_process", "json_log"):
+        return False
+    try:
+        spec = load_pipeline_spec(settings.flows_dir, pipeline)
+    except MageDbtError:
+        return False
+    if spec.dbt is None:
+        return False
+    ref = dbt_project_ref(settings, spec, target)
+    adapter = target_adapter(ref.profiles_dir, ref.project_dir, ref.target)
+    return resolve_executor(settings.dbt_executor, adapter, warn=False) == "worker"
+
+
+def _run(settings, spec, pipeline, when, *, full_refresh, select, target, var, ref, reuse=None, changed=False,
+         state_target=None, preload=False) -> dict:
     # Pre-flight outside the flow: a bad target, selector or project fails here, before any run exists.
     # sync_on_run / --ref first bring the dbt project revision the flow will use (mage_dbt.runs.project_sync).
     from mage_dbt.cli.sync_cmds import ConsoleLog
@@ -51,7 +96,20 @@ def _run(settings, spec, pipeline, when, *, full_refresh, select, target, var, r
 
     resolved = load_pipeline(settings, pipeline, target=target, select=select, dbt_ref=project.dbt_ref,
                              dbt_vars=run_dbt_vars(spec, when, parse_vars(var)))
+    if preload and resolved.manifest is not None:  # the dbt worker loads it while we create the flow run
+        from mage_dbt.dbt.worker_executor import preload_worker
+
+        preload_worker(resolved.manifest)
     from mage_dbt.runs.pipeline_run import check_before_flow_run
+
+    if state_target and not changed:
+        from mage_dbt.errors import ConfigError
+
+        raise ConfigError("--state-target only applies with --changed", hint="add --changed or drop --state-target")
+    if changed:  # no state to compare with: one line here, before any flow run
+        from mage_dbt.runs.slim import state_manifest_dir
+
+        state_manifest_dir(settings, resolved, state_target)
 
     # The flow's own refusals (DuckDB file held by another run or read-only, on_drift: fail), made here.
     check_before_flow_run(spec, resolved, when, full_refresh=full_refresh, vars=parse_vars(var) or None,
@@ -62,7 +120,8 @@ def _run(settings, spec, pipeline, when, *, full_refresh, select, target, var, r
     return run_flow_quietly(
         pipeline_flow,
         pipeline=pipeline, execution_date=when, full_refresh=full_refresh,
-        select=select, target=target, vars=parse_vars(var) or None, ref=ref,
+        select=select, target=target, vars=parse_vars(var) or None, ref=ref, reuse=reuse,
+        changed=changed, state_target=state_target,
     )
 
 
@@ -92,6 +151,9 @@ def print_summary(summary: dict) -> None:
     for result in summary["results"].values():
         counts[result["status"]] = counts.get(result["status"], 0) + 1
     parts = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+    reused = sum(1 for r in summary["results"].values() if r.get("reused"))
+    if reused:
+        parts += f" ({reused} reused: unchanged since their last build, not run)"
     console.print(f"{len(summary['results'])} blocks: {parts}; dbt invocations: {summary.get('dbt_invocations', 0)}")
     compiled = sorted(n for n, status in (summary.get("ephemeral") or {}).items() if status == "success")
     if compiled:

@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 STATUS_STYLE = {"success": "green", "completed": "green", "failed": "bold red", "crashed": "bold red",
-                "skipped": "yellow", "cancelled": "yellow", "running": "cyan", "not started": "dim"}
+                "skipped": "yellow", "reused": "blue", "cancelled": "yellow", "running": "cyan", "not started": "dim"}
 MESSAGE_LIMIT = 2000  # characters of one message in a recap
 
 
@@ -34,7 +34,9 @@ def print_run_table(console: Console, summary: dict) -> None:
     if with_rows:
         table.add_column("rows", no_wrap=True, justify="right")
     for name, result in results.items():
-        cells = [escape(name), result["kind"], styled(result["status"]), f"{result['seconds']:.2f}"]
+        status = "reused" if result.get("reused") else \
+            "skipped" if result.get("dbt_status") == "skipped-stale" else result["status"]
+        cells = [escape(name), result["kind"], styled(status), f"{result['seconds']:.2f}"]
         if with_rows:
             cells.append("" if result.get("rows") is None else str(result["rows"]))
         table.add_row(*cells)

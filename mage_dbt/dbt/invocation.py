@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import json
+import logging
 import os
 import threading
 import time
@@ -25,6 +26,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from mage_dbt.dbt.pruning import rotate_log
 
+LOG = logging.getLogger("mage_dbt.dbt")
 _DBT_LOCK = threading.RLock()
 # The open `count_invocations` counters of the current context (a run counts its own dbt calls).
 _COUNTERS: contextvars.ContextVar[tuple["InvocationCounter", ...]] = contextvars.ContextVar(
@@ -108,6 +110,13 @@ def count_invocations() -> Iterator[InvocationCounter]:
         _COUNTERS.reset(token)
 
 
+def count_invocation() -> None:
+    """One more dbt invocation for the open `count_invocations` counters of this context (an
+    executor whose dbt runs in another process logs there and counts here)."""
+    for counter in _COUNTERS.get():
+        counter.count += 1
+
+
 def reset_compiled_state(manifest: Any) -> None:
     """Forget what the previous invocation compiled into the shared, parsed manifest.
 
@@ -147,24 +156,32 @@ def invoke_dbt(
             reset_compiled_state(manifest)
         result = dbtRunner(manifest=manifest, callbacks=list(callbacks)).invoke(args)
         seconds = time.perf_counter() - started
-    for counter in _COUNTERS.get():
-        counter.count += 1
-    if invocation_log is not None:
-        invocation_log.parent.mkdir(parents=True, exist_ok=True)
-        record = {
-            "at": datetime.now(timezone.utc).isoformat(),
-            "pid": os.getpid(),
-            "command": " ".join(args[:2]) if args[:1] in (["source"], ["docs"]) else (args[0] if args else ""),
-            "nodes": node_count,
-            "seconds": round(seconds, 3),
-            "success": bool(result.success),
-            "cached_manifest": manifest is not None,
-            **(note or {}),
-        }
-        rotate_log(invocation_log)  # bounded: mage_dbt.dbt.pruning
-        with invocation_log.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+    log_invocation(args, invocation_log=invocation_log, node_count=node_count, seconds=seconds,
+                   success=bool(result.success), cached_manifest=manifest is not None, note=note)
     return result
+
+
+def log_invocation(args: list[str], *, invocation_log: Path | None, node_count: int | None, seconds: float,
+                   success: bool, cached_manifest: bool, note: dict[str, Any] | None = None) -> None:
+    """Count one dbt invocation (`count_invocations`) and append its record to the invocation log;
+    every executor calls this once per dbt invocation, in-process or not."""
+    count_invocation()
+    if invocation_log is None:
+        return
+    invocation_log.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "at": datetime.now(timezone.utc).isoformat(),
+        "pid": os.getpid(),
+        "command": " ".join(args[:2]) if args[:1] in (["source"], ["docs"]) else (args[0] if args else ""),
+        "nodes": node_count,
+        "seconds": round(seconds, 3),
+        "success": success,
+        "cached_manifest": cached_manifest,
+        **(note or {}),
+    }
+    rotate_log(invocation_log)  # bounded: mage_dbt.dbt.pruning
+    with invocation_log.open("a") as handle:
+        handle.write(json.dumps(record) + "\n")
 
 
 class NodeEvents:
@@ -186,8 +203,19 @@ class NodeEvents:
         self._started: set[str] = set()
         self.finished: dict[str, NodeResult] = {}
         self.batch_errors: dict[str, str] = {}  # microbatch model -> the first error of a batch
+        self.failure: Exception | None = None  # the first error of our own handling of an event
 
     def __call__(self, event: Any) -> None:
+        # An exception escaping a callback lands in dbt's worker threads, which can leave the
+        # invocation waiting forever: keep the first one for the executor to raise afterwards.
+        try:
+            self._handle(event)
+        except Exception as exc:  # noqa: BLE001 - re-raised by the executor once dbt returns
+            if self.failure is None:
+                LOG.exception("handling dbt's %s event failed", getattr(event.info, "name", "?"))
+                self.failure = exc
+
+    def _handle(self, event: Any) -> None:
         name = event.info.name
         if name not in self._EVENTS:
             return

@@ -25,17 +25,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mage_dbt.dbt.invocation import dbt_lock, error_text, invoke_dbt, working_directory
+from mage_dbt.dbt.invocation import dbt_lock, error_text, invoke_dbt
 from mage_dbt.dbt.manifest_pickle import FORMAT as PICKLE_FORMAT
 from mage_dbt.dbt.manifest_pickle import dumps as pickle_dumps
 from mage_dbt.dbt.nodes import DbtNode, nodes_from_manifest_dict
 from mage_dbt.dbt.parse_patches import tracing
 from mage_dbt.dbt.parse_vars import ParseDependencies, TraceEscaped, pin_traced
-from mage_dbt.errors import DbtProjectError, SelectionError
+from mage_dbt.errors import DbtProjectError
 from mage_dbt.dbt.pruning import prune_manifest_cache, touch
 
 LOG = logging.getLogger("mage_dbt.manifest")
-CACHE_LAYOUT = "parse-deps-v1"  # part of the key: caches laid out another way are not reused
+CACHE_LAYOUT = "parse-deps-v1+nodes-v2"  # part of the key: caches laid out another way are not reused
 # The vars mage_dbt sets on every run (mage_dbt.dates.dbt_vars): traced rather than pinned at parse time.
 RUN_VARS = frozenset({"execution_date", "execution_ts", "interval_start", "interval_end"})
 
@@ -55,8 +55,9 @@ class DbtProjectRef:
 
     @property
     def target_path(self) -> Path:
-        """dbt's artifacts folder for this process (concurrent processes never share one)."""
-        return target_root(self.data_dir) / self.name / f"{self.target or 'default'}-{os.getpid()}"
+        """dbt's artifacts folder for this process (concurrent processes never share one); a dbt
+        worker process writes to its run's (`share_artifacts_of`), where the run's links point."""
+        return target_root(self.data_dir) / self.name / f"{self.target or 'default'}-{_ARTIFACTS_PID or os.getpid()}"
 
     @property
     def log_path(self) -> Path:
@@ -92,6 +93,16 @@ class LoadedManifest:
     _graph: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
+    @property
+    def manifest_json(self) -> Path:
+        """dbt's manifest.json of this revision (kept beside the cache entry)."""
+        return self._manifest_file.parent / "manifest.json"
+
+    @property
+    def cache_folder(self) -> Path:
+        """The manifest cache entry this was read from (`cached_variant` reads it back elsewhere)."""
+        return self._manifest_file.parent
+
     def serves(self, dbt_vars: dict[str, Any] | None) -> bool:
         """True when dbt would parse this same manifest with `dbt_vars`."""
         return self.deps.mismatch(dbt_vars or {}) is None
@@ -105,11 +116,15 @@ class LoadedManifest:
             return self._dbt_manifest
 
     def select(self, select: list[str] | None, exclude: list[str] | None = None) -> set[str]:
-        """Unique ids chosen by dbt's own selector syntax (tag:, path:, +model, @model, ...)."""
-        _ensure_dbt_flags()
+        """Unique ids chosen by dbt's own selector syntax (tag:, path:, +model, @model, ...);
+        remembered per manifest, so a repeated run needs no dbt (`mage_dbt.dbt.selection_cache`)."""
+        from mage_dbt.dbt.selection_cache import select_nodes
+
+        return select_nodes(self, select, exclude)
+
+    def dbt_graph(self) -> Any:
+        """dbt's node graph of this manifest (built once)."""
         from dbt.compilation import Linker
-        from dbt.graph import Graph, NodeSelector
-        from dbt.graph.cli import parse_difference
 
         manifest = self.dbt_manifest
         with self._lock:
@@ -117,17 +132,17 @@ class LoadedManifest:
                 linker = Linker()
                 linker.link_graph(manifest)
                 self._graph = linker.graph
-        try:
-            spec = parse_difference(list(select) if select else None, list(exclude) if exclude else None)
-            # dbt resolves `path:` selectors against the working directory, as its CLI runs there.
-            with dbt_lock(), working_directory(self.ref.project_dir):
-                chosen = NodeSelector(Graph(self._graph), manifest).get_selected(spec, warn_on_no_nodes=False)
-        except Exception as exc:  # dbt raises a zoo of types for malformed selectors
-            raise SelectionError(
-                f"invalid dbt selector {select!r}: {str(exc).splitlines()[0]}",
-                hint="use dbt's selector syntax, e.g. 'tag:daily', '+fct_orders', 'path:models/staging'",
-            ) from None
-        return {uid for uid in chosen if uid in self.nodes and self.nodes[uid].resource_type != "source"}
+            return self._graph
+
+
+_ARTIFACTS_PID: int | None = None  # set in a dbt worker process: the pid of the run it works for
+
+
+def share_artifacts_of(pid: int) -> None:
+    """dbt's artifacts of this process go to process `pid`'s folder (a dbt worker: its run's, so the
+    compiled SQL a failure section links to is where the run says, and is pruned with the run)."""
+    global _ARTIFACTS_PID
+    _ARTIFACTS_PID = pid
 
 
 def target_root(data_dir: Path) -> Path:
@@ -162,15 +177,6 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _ensure_dbt_flags() -> None:
-    from argparse import Namespace
-
-    from dbt.flags import get_flags, set_from_args
-
-    if not hasattr(get_flags(), "INDIRECT_SELECTION"):
-        set_from_args(Namespace(), {})
-
-
 def synced_commit(project_dir: Path) -> str | None:
     """The git sync commit of a dbt project folder (None when it was not synced)."""
     from mage_dbt.git_sync.layout import revision_commit
@@ -191,10 +197,10 @@ def project_fingerprint(ref: DbtProjectRef, commit: str | None = None) -> str:
     A git-synced project (or an explicit `commit`) is keyed by commit and revision folder instead
     of its file contents: its files are that commit's (git sync refuses local edits).
     """
-    import dbt.version
+    from importlib.metadata import version  # not dbt.version: importing it costs 0.6 s
 
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"{dbt.version.__version__}|{PICKLE_FORMAT}|{CACHE_LAYOUT}|{ref.target}|".encode())
+    digest.update(f"{version('dbt-core')}|{PICKLE_FORMAT}|{CACHE_LAYOUT}|{ref.target}|".encode())
     env_names: set[str] = set()
     profiles = ref.profiles_dir / "profiles.yml"
     if profiles.is_file():
@@ -336,6 +342,11 @@ def _read_variant(ref: DbtProjectRef, key: str, folder: Path) -> LoadedManifest 
     except Exception:  # noqa: BLE001 - an unreadable cache entry is a miss
         return None
     return LoadedManifest(ref=ref, key=key, nodes=nodes, _manifest_file=files[1], deps=deps)
+
+
+def cached_variant(ref: DbtProjectRef, key: str, folder: Path) -> LoadedManifest | None:
+    """A manifest cache entry read back by its folder (a dbt worker process loads its parent's)."""
+    return _read_variant(ref, key, folder)
 
 
 def parse_project(ref: DbtProjectRef, dbt_vars: dict[str, Any] | None = None) -> tuple[Any, bytes, ParseDependencies]:

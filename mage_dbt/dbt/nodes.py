@@ -37,6 +37,13 @@ class DbtNode:
     event_time: str | None = None
     batch_size: str | None = None
     begin: str | None = None
+    # What the Prefect UI shows about the node (assets, the run summary): manifest description and
+    # owner (meta.owner, else its group's owner), dbt's `path` (where compiled SQL is written), and
+    # for tests with store_failures, the relation holding the failing rows (`relation_name`).
+    description: str | None = None
+    owner: str | None = None
+    path: str | None = None
+    store_failures: bool = False
 
     @property
     def is_microbatch(self) -> bool:
@@ -60,7 +67,17 @@ def _as_tuple(value: Any) -> tuple[str, ...]:
     return tuple(str(v) for v in value)
 
 
-def node_from_manifest(raw: Mapping[str, Any]) -> DbtNode:
+def _owner(raw: Mapping[str, Any], groups: Mapping[str, Any]) -> str | None:
+    """meta.owner (node or config meta), else the owner of the node's dbt group (name or email)."""
+    for meta in (raw.get("meta") or {}, (raw.get("config") or {}).get("meta") or {}):
+        if meta.get("owner"):
+            return str(meta["owner"])
+    group = groups.get(f"group.{raw.get('package_name')}.{raw.get('group')}") if raw.get("group") else None
+    owner = (group or {}).get("owner") or {}
+    return owner.get("name") or owner.get("email") or None
+
+
+def node_from_manifest(raw: Mapping[str, Any], groups: Mapping[str, Any] | None = None) -> DbtNode:
     """Build a `DbtNode` from one entry of manifest.json's `nodes` or `sources`."""
     config = raw.get("config") or {}
     depends = (raw.get("depends_on") or {}).get("nodes") or ()
@@ -84,17 +101,22 @@ def node_from_manifest(raw: Mapping[str, Any]) -> DbtNode:
         event_time=config.get("event_time"),
         batch_size=config.get("batch_size"),
         begin=str(config["begin"]) if config.get("begin") is not None else None,
+        description=(raw.get("description") or "").strip() or None,
+        owner=_owner(raw, groups or {}),
+        path=raw.get("path"),
+        store_failures=bool(config.get("store_failures")),
     )
 
 
 def nodes_from_manifest_dict(manifest: Mapping[str, Any]) -> dict[str, DbtNode]:
     """Index the block-relevant nodes and all sources of a manifest.json document."""
     index: dict[str, DbtNode] = {}
+    groups = manifest.get("groups") or {}
     for raw in manifest.get("nodes", {}).values():
         if raw.get("resource_type") in BLOCK_RESOURCE_TYPES:
-            index[raw["unique_id"]] = node_from_manifest(raw)
+            index[raw["unique_id"]] = node_from_manifest(raw, groups)
     for raw in manifest.get("sources", {}).values():
-        index[raw["unique_id"]] = node_from_manifest(raw)
+        index[raw["unique_id"]] = node_from_manifest(raw, groups)
     return index
 
 

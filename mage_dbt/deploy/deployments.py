@@ -4,8 +4,8 @@ Every pipeline becomes one deployment of `pipeline_flow` named after the pipelin
 `schedule:` (cron or interval, with timezone), description and tags; a pipeline with a
 `full_refresh_schedule:` gets a second deployment `<pipeline>-full-refresh` whose runs default to
 `full_refresh: true`. Parameters are typed and documented (the Prefect UI renders them as a form and
-the server rejects wrong types because `enforce_parameter_schema` is on); the pipeline name is
-frozen per deployment. Scheduled runs leave `execution_date` empty, so the flow uses the run's
+the server rejects wrong types because `enforce_parameter_schema` is on; labels and the target
+choice: `deploy/parameter_form.py`); the pipeline name is frozen per deployment. Scheduled runs leave `execution_date` empty, so the flow uses the run's
 scheduled time. Secrets never become parameters: the pipeline's own `vars` stay in its file.
 
 Registration goes through Prefect's own `RunnerDeployment.apply()`: re-deploying updates the same
@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from mage_dbt.deploy.parameter_form import describe_parameters, target_choices
 from mage_dbt.deploy.schedules import describe, to_prefect
 from mage_dbt.deploy.triggers import deployment_triggers
 from mage_dbt.errors import ConfigError
@@ -35,19 +36,6 @@ SERVER_HINT = (
     "start a server with `mage-dbt server` (or `prefect server start`) and "
     "export PREFECT_API_URL=http://127.0.0.1:4200/api"
 )
-
-# How the parameters are labelled in the Prefect UI form (descriptions come from the flow docstring).
-PARAMETER_TITLES = {
-    "pipeline": "Pipeline",
-    "execution_date": "Execution date",
-    "full_refresh": "Full refresh",
-    "select": "Select blocks",
-    "target": "dbt target",
-    "vars": "dbt vars",
-    "ref": "dbt project revision",
-    "full_refresh_select": "Full refresh only",
-    "check_drift": "Check drift",
-}
 
 
 @dataclass(frozen=True)
@@ -145,15 +133,9 @@ def runner_deployment(
     if work_pool is None:
         # An explicit None is sent on update: a deployment moved from a work pool to `serve` leaves the pool.
         deployment.work_pool_name = None
-    _label_parameters(deployment)
+    # The form analysts fill in: readable labels, the profile's targets as a choice (parameter_form.py).
+    describe_parameters(getattr(deployment, "_parameter_openapi_schema", None), *target_choices(settings, plan.pipeline))
     return deployment
-
-
-def _label_parameters(deployment: "RunnerDeployment") -> None:
-    # Prefect titles each form field with the bare parameter name; analysts get readable labels.
-    schema = getattr(deployment, "_parameter_openapi_schema", None)
-    for name, field in (schema.properties if schema is not None else {}).items():
-        field["title"] = PARAMETER_TITLES.get(name) or name.replace("_", " ").capitalize()
 
 
 def api_url() -> str:

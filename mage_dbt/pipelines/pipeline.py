@@ -17,7 +17,7 @@ import networkx as nx
 
 from mage_dbt.blocks.block import Block, DbtBlockTranslator
 from mage_dbt.blocks.dbt_command import check_dbt_command_blocks
-from mage_dbt.blocks.edges import infer_edges
+from mage_dbt.blocks.edges import BlockIO, analyse_blocks, edges_from
 from mage_dbt.context import run_dbt_vars
 from mage_dbt.dbt.manifest import DbtProjectRef, LoadedManifest, load_manifest
 from mage_dbt.errors import ConfigError, SelectionError
@@ -63,6 +63,8 @@ class Pipeline:
     unit_of: dict[str, str] = field(default_factory=dict)
     origin: PipelineOrigin | None = None
     policies: dict[str, RunPolicy] = field(default_factory=dict)  # blocks with retries or a timeout
+    # Python/SQL blocks: the (schema, table) keys they write and read (blocks/edges.py), for assets.
+    block_io: dict[str, BlockIO] = field(default_factory=dict)
 
     def policy(self, name: str) -> RunPolicy:
         """The effective run policy of block `name` (mage_dbt.pipelines.run_policies)."""
@@ -157,7 +159,8 @@ def build_pipeline(
         )
     _check_upstreams(spec, blocks)
     graph = _graph(blocks)
-    for up, down in _inferred_edges(settings, spec, blocks, loaded, target or spec.target):
+    block_io = analyse_blocks(settings, spec, blocks, loaded, target or spec.target)
+    for up, down in edges_from(block_io, blocks, loaded.nodes if loaded is not None else {}):
         graph.add_edge(up, down)
     _reject_cycles(spec, graph)
     blocks = {n: _with_upstream(b, graph) for n, b in blocks.items()}
@@ -167,6 +170,7 @@ def build_pipeline(
     pipeline = Pipeline(spec=spec, blocks=blocks, graph=graph, units=units, manifest=loaded, dbt_ref=ref, origin=origin)
     pipeline.unit_of = {b: u.id for u in units for b in u.blocks}
     pipeline.policies = _policies(settings, spec, blocks, loaded)
+    pipeline.block_io = block_io
     if select:
         selected = restrict(pipeline, select_blocks(pipeline, select))
         selected.origin = origin  # resolved again, `select` chooses again
@@ -229,10 +233,6 @@ def _graph(blocks: dict[str, Block]) -> nx.DiGraph:
     for block in blocks.values():
         graph.add_edges_from((up, block.name) for up in block.upstream)
     return graph
-
-
-def _inferred_edges(settings, spec, blocks, loaded, target=None) -> set[tuple[str, str]]:
-    return infer_edges(settings, spec, blocks, loaded, target=target)
 
 
 def _reject_cycles(spec: PipelineSpec, graph: nx.DiGraph) -> None:
@@ -322,6 +322,7 @@ def restrict(pipeline: Pipeline, names: set[str]) -> Pipeline:
         spec=pipeline.spec, blocks=blocks, graph=sub, units=units,
         manifest=pipeline.manifest, dbt_ref=pipeline.dbt_ref, origin=origin,
         policies={n: p for n, p in pipeline.policies.items() if n in names},
+        block_io={n: io for n, io in pipeline.block_io.items() if n in names},
     )
     restricted.unit_of = {b: u.id for u in units for b in u.blocks}
     return restricted

@@ -11,6 +11,8 @@ dbt:
 vars: {}                   # extra dbt vars for every run
 target: null               # dbt target (default: the profile's default)
 timezone: UTC              # of execution dates given without an offset
+reuse: false               # skip dbt nodes unchanged since their last build (run option --reuse/--no-reuse)
+only_fresh_sources: {lag_seconds: 0, on_error: fail}  # skip nodes whose sources have no new data (or true)
 blocks:                    # Python, SQL and generic dbt command blocks
   - name: load_orders
     type: python
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
 
 from mage_dbt.dbt.manifest import DbtProjectRef
 from mage_dbt.errors import ConfigError, PipelineNotFound
@@ -104,6 +106,19 @@ class ScheduleSpec(BaseModel):
         return self
 
 
+class FreshSourcesSpec(BaseModel):
+    """`only_fresh_sources:` — skip dbt nodes whose sources have no new data (mage_dbt.runs.freshness_gate)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lag_seconds: int = Field(default=0, ge=0)  # data loaded this long before a build still counts as new
+    on_error: Literal["fail", "warn"] = "fail"  # a source past its error_after: fail or warn its downstream
+
+
+def _fresh_sources(value: Any) -> Any:
+    return {} if value is True else None if value is False else value
+
+
 class PipelineSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -114,11 +129,17 @@ class PipelineSpec(BaseModel):
     target: str | None = None
     timezone: str = "UTC"
     interval: Literal["hour", "day", "week", "month"] = "day"
+    # Each interval builds on the previous one's results: backfills run intervals one at a time, in
+    # date order, and stop at the first failure (never --concurrency > 1, also not through a work pool).
+    depends_on_past: bool = False
     tags: list[str] = Field(default_factory=list)
     schedule: ScheduleSpec | None = None
     full_refresh_schedule: ScheduleSpec | None = None
     on_drift: Literal["fail", "full_refresh", "warn"] = "fail"
     sync_on_run: bool = False
+    # Skip dbt nodes whose state key matches their last successful build (mage_dbt.runs.reuse).
+    reuse: StrictBool = False
+    only_fresh_sources: FreshSourcesSpec | None = None
     run_policy: RunPolicySpec = Field(default_factory=RunPolicySpec)  # retries/timeouts of every block
     blocks: list[BlockSpec] = Field(default_factory=list)
     concurrency: ConcurrencySpec | None = None  # production_policies.py
@@ -126,6 +147,7 @@ class PipelineSpec(BaseModel):
     trigger: TriggerSpec | None = None
 
     _notify = field_validator("notify", mode="before")(lambda cls, v: as_notify_list(v))
+    _fresh = field_validator("only_fresh_sources", mode="before")(lambda cls, v: _fresh_sources(v))
 
     def block_spec(self, name: str) -> BlockSpec | None:
         return next((b for b in self.blocks if b.name == name), None)

@@ -6,5 +6,7 @@
 * `runner` — units in DAG order, failures skip their downstream, the run summary;
 * `task_runs` — one Prefect task run per block; `heartbeats` — flow-run heartbeats;
 * `history` — past runs read from Prefect; `retry` — re-run the blocks that did not succeed;
-* `prefect_setup` — running a flow in this process, quietly, for the CLI.
+* `prefect_setup` — running a flow in this process, quietly, for the CLI;
+* `run_artifacts` — the run summary as a markdown artifact; `assets` — the relations a run wrote
+  as Prefect asset materializations with their upstream assets.
 """

@@ -115,6 +115,11 @@ class ProgressReporter:
             extra = {"state_name": state_name} if state_name else {}
             self.inner.skipped(block, kind=kind, reason=reason, tags=tags, **extra)
 
+    def reused(self, block: str, *, kind: str, message: str, upstream: tuple[str, ...] = ()) -> None:
+        self.sink.block_finished(block, "success", 0.0, None)
+        if self.inner:
+            self.inner.reused(block, kind=kind, message=message, upstream=upstream)
+
     def batch_started(self, block: str, label: str) -> None:
         if self.inner:
             self.inner.batch_started(block, label)

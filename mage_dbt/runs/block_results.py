@@ -27,6 +27,10 @@ class BlockResult:
     # Microbatch models: dbt's batches that failed ([start, end) ISO pairs; a retry runs only these).
     failed_batches: list[list[str]] | None = None
     batches: int | None = None
+    # dbt tests: the failing rows dbt counted, and (store_failures) the relation that holds them.
+    failures: int | None = None
+    failures_relation: str | None = None
+    reused: bool = False  # not run: its state key matched its last build (mage_dbt.runs.reuse)
 
 
 @dataclass

@@ -6,7 +6,9 @@ not at all), before it touches the warehouse, and gives them back when its block
 - `concurrency: {limit: N}` in the pipeline file: `mage-dbt-pipeline:<pipeline>` (or
   `mage-dbt-group:<name>` with `name:`, shared by the pipelines naming it);
 - one writer per DuckDB file, always: `mage-dbt-duckdb:<file name>-<hash of its path>`, limit 1;
-- `target_concurrency: {<dbt target>: K}` in mage_dbt.yaml: `mage-dbt-target:<target>`, limit K.
+- `target_concurrency: {<dbt target>: K}` in mage_dbt.yaml: `mage-dbt-target:<target>`, limit K;
+- a flow run tagged `mage-dbt-slot:<limit>=<N>` (`slot_tag`): that limit too (the intervals of a
+  backfill submitted to a work pool: `mage_dbt.backfill.pool_runs`).
 
 The limits are created (or their limit updated) on the server by `mage-dbt deploy` and by the run
 itself on first use, so CLI runs, deployment runs, workers and backfill workers (all of them run
@@ -24,14 +26,17 @@ import os
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from mage_dbt.errors import MageDbtError
 from mage_dbt.pipelines.policy_checks import concurrency_limit_name
 
 DUCKDB_PREFIX = "mage-dbt-duckdb:"
 TARGET_PREFIX = "mage-dbt-target:"
+SLOT_TAG = "mage-dbt-slot:"  # a flow run tag naming one more limit the run holds (`slot_tag`)
 FIRST_TRY_SECONDS = 2.0  # a run that gets no slot within this says it waits
+SLOW_SERVER_RETRIES = 3  # tries again when a try timed out while every limit had room (`acquire`)
+SLOW_SERVER_SECONDS = 10.0  # ...each given at least this long
 LEASE_SECONDS = 60  # renewed while the run works; frees the slots this long after a process died
 
 
@@ -112,6 +117,22 @@ def run_slots(settings: Any, resolved: Any, context: Any = None) -> list[Slot]:
     return slots
 
 
+def slot_tag(slot: Slot) -> str:
+    """A flow run tag that makes the run hold `slot` too (`tagged_slots`): how a backfill submitted to a
+    work pool bounds its intervals' runs, wherever they run."""
+    return f"{SLOT_TAG}{slot.name}={slot.limit}"
+
+
+def tagged_slots(tags: Any) -> list[Slot]:
+    """The slots named by a flow run's `slot_tag` tags."""
+    slots = []
+    for tag in tags or ():
+        name, _, limit = str(tag).removeprefix(SLOT_TAG).rpartition("=")
+        if str(tag).startswith(SLOT_TAG) and name and limit.isdigit() and int(limit) > 0:
+            slots.append(Slot(name, int(limit), f"limit {name}"))
+    return slots
+
+
 def ensure_limits(slots: list[Slot]) -> None:
     """Create the slots' limits on the server, or set their limit when it changed (idempotent)."""
     from prefect.client.orchestration import get_client
@@ -152,38 +173,61 @@ def holding_slots(slots: list[Slot], logger: Any, *, max_wait: float | None = No
 
     holder = ConcurrencyLeaseHolder(type="flow_run", id=flow_run_id) if flow_run_id else None  # shown in the UI
     names = [s.name for s in slots]
-    started = time.monotonic()
 
     def take(timeout: float | None) -> Any:
         return concurrency(names, occupy=1, timeout_seconds=timeout, lease_duration=LEASE_SECONDS, strict=True,
                            holder=holder)
 
+    def on_wait(message: str) -> None:
+        logger.warning(message)  # also on the CLI's console, which shows warnings only
+        _say_in_state(flow_run_id, message)
+
     with ExitStack() as held:
-        try:  # a first short try: a run that gets its slots at once says nothing
-            held.enter_context(take(min(FIRST_TRY_SECONDS, max_wait or FIRST_TRY_SECONDS)))
-            waited = False
-        except TimeoutError:
-            waited = True
-        if waited:
-            bound = f", at most {max_wait:g} s" if max_wait else ""
-            message = (f"waiting for a concurrency slot{bound}: "
-                       f"{'; '.join(busy(slots)) or ', '.join(s.why for s in slots)}")
-            logger.warning(message)  # also on the CLI's console, which shows warnings only
-            _say_in_state(flow_run_id, message)
-            left = None if max_wait is None else max_wait - (time.monotonic() - started)
-            try:
-                if left is not None and left <= 0:
-                    raise TimeoutError
-                held.enter_context(take(left))
-            except TimeoutError:
-                raise SlotWaitTimeout(
-                    f"gave up after waiting {time.monotonic() - started:.0f} s for a concurrency slot "
-                    f"(max_wait_seconds: {max_wait:g}): {'; '.join(busy(slots)) or ', '.join(s.why for s in slots)}",
-                    hint="the runs holding the slots are still running; raise max_wait_seconds or run later",
-                ) from None
-            logger.info("got the concurrency slot(s) after %.1f s", time.monotonic() - started)
+        waited = acquire(lambda timeout: held.enter_context(take(timeout)), lambda: busy(slots),
+                         [s.why for s in slots], max_wait, on_wait)
+        if waited is not None:
+            logger.info("got the concurrency slot(s) after %.1f s", waited)
             _say_in_state(flow_run_id, None)
         yield
+
+
+def acquire(enter: Callable[[float | None], Any], holders: Callable[[], list[str]], whys: list[str],
+            max_wait: float | None, on_wait: Callable[[str], None],
+            clock: Callable[[], float] = time.monotonic) -> float | None:
+    """Take the slots with `enter(timeout)` (raises TimeoutError when they are not granted in time);
+    the seconds waited, or None when they came at once (nothing said).
+
+    A first short try; when it times out and a limit is full (`holders()`), `on_wait` says so and
+    the run waits, at most `max_wait` seconds in all (`SlotWaitTimeout`). A try that times out while
+    every limit has room lost its time to a slow server, not to other runs: it is tried again (up to
+    SLOW_SERVER_RETRIES times, each given at least SLOW_SERVER_SECONDS), so a loaded server never
+    fails a run that nobody was blocking (CI saw `max_wait_seconds: 1` fail the only run)."""
+    started = clock()
+    timeout: float | None = min(FIRST_TRY_SECONDS, max_wait or FIRST_TRY_SECONDS)
+    waiting = False
+    slow_server_retries = 0
+    while True:
+        try:
+            enter(timeout)
+            return clock() - started if waiting else None
+        except TimeoutError:
+            full = holders()
+        left = None if max_wait is None else max_wait - (clock() - started)
+        if not full and slow_server_retries < SLOW_SERVER_RETRIES:
+            slow_server_retries += 1
+            timeout = SLOW_SERVER_SECONDS if left is None else max(left, SLOW_SERVER_SECONDS)
+            continue
+        if not waiting:
+            waiting = True
+            bound = f", at most {max_wait:g} s" if max_wait else ""
+            on_wait(f"waiting for a concurrency slot{bound}: {'; '.join(full) or ', '.join(whys)}")
+        if left is not None and left <= 0:
+            raise SlotWaitTimeout(
+                f"gave up after waiting {clock() - started:.0f} s for a concurrency slot "
+                f"(max_wait_seconds: {max_wait:g}): {'; '.join(full) or ', '.join(whys)}",
+                hint="the runs holding the slots are still running; raise max_wait_seconds or run later",
+            )
+        timeout = left
 
 
 def _say_in_state(flow_run_id: str | None, message: str | None) -> None:

@@ -95,17 +95,29 @@ class DbtNodeListener:
         if result.batches_failed:
             message = (f"{len(result.batches_failed)} of {batches} batches failed: "
                        f"{', '.join(window_label(w) for w in result.batches_failed[:10])} ({result.message})")
+        failures, stored = self._test_failures(block, result)
+        if stored and message:
+            message = f"{message}; failing rows stored in {stored}"
         self._summary.results[block.name] = BlockResult(
             name=block.name, kind=block.kind, status=status, message=message,
             seconds=round(result.execution_time, 3), rows=result.rows_affected,
             dbt_status=result.status, unique_id=result.unique_id, tries=max(self.tries.get(uid, 1), 1),
             timed_out=timed_out, failed_batches=[list(w) for w in result.batches_failed] or None,
-            batches=batches or None,
+            batches=batches or None, failures=failures, failures_relation=stored,
         )
         if self._reporter:
             if result.unique_id not in self._started:  # dbt never started it: its task run still has to exist
                 self.node_started(result.unique_id, by_dbt=False)
             self._report(block, status, result, message, timed_out)
+
+    def _test_failures(self, block, result: NodeResult) -> tuple[int | None, str | None]:
+        """A dbt test's failing-row count, and with store_failures the relation holding those rows."""
+        if block.kind != "dbt_test" or result.failures is None:
+            return None, None
+        manifest = self._pipeline.manifest
+        node = manifest.nodes.get(result.unique_id) if manifest is not None else None
+        stored = node.relation_name if node is not None and node.store_failures and result.failures else None
+        return result.failures, stored
 
     def batch_started(self, unique_id: str, label: str) -> None:
         if self._reporter:
@@ -135,8 +147,16 @@ class DbtNodeListener:
         """Whether a node upstream of `name` will run again (retried, or itself waiting)."""
         import networkx as nx
 
-        waiting = {self._names[u] for u in self.retry | self.deferred}
+        waiting = {self._names[u] for u in self.retry | self.deferred | self._retriable_microbatch()}
         return bool(waiting & nx.ancestors(self._pipeline.graph, name))
+
+    def _retriable_microbatch(self) -> set[str]:
+        """Microbatch models still running with tries left: dbt reports such a model only after the
+        invocation (NodeEvents), but skips its downstream as soon as a batch fails; if the model is
+        retried, that downstream must wait for it rather than end skipped."""
+        microbatch = self._pipeline.microbatch_blocks
+        return {u for u in self._running if self._names[u] in microbatch
+                and self.tries.get(u, 0) < self._pipeline.policy(self._names[u]).tries}
 
     def _await_retry(self, block, uid: str, result: NodeResult) -> None:
         policy = self._pipeline.policy(block.name)

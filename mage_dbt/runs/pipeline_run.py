@@ -27,14 +27,17 @@ from mage_dbt.pipelines.pipeline import for_dbt_vars, load_pipeline
 from mage_dbt.pipelines.spec import load_pipeline_spec
 from mage_dbt.refresh.drift import plan_run_refresh
 from mage_dbt.dbt.pruning import prune_run_records
-from mage_dbt.runs.concurrency import holding_slots, run_slots
+from mage_dbt.runs.concurrency import holding_slots, run_slots, tagged_slots
 from mage_dbt.runs.block_progress import current_block_sink, with_block_progress
 from mage_dbt.runs.heartbeats import flow_run_heartbeats
 from mage_dbt.runs.history import RETRY_TAG
 from mage_dbt.runs.project_sync import prepare_run_project, record_commit
 from mage_dbt.runs.microbatch_checks import check_event_time_window, warn_unfiltered_upstreams
+from mage_dbt.runs.assets import report_assets
+from mage_dbt.runs.run_artifacts import publish_run_summary
 from mage_dbt.runs.run_guard import INTERRUPTED, guarded
 from mage_dbt.runs.runner import PipelineRunner, RunSummary
+from mage_dbt.runs.slim import changed_only
 from mage_dbt.runs.task_runs import TaskRunReporter
 from mage_dbt.settings import ProjectSettings, load_settings
 
@@ -58,16 +61,20 @@ def run_pipeline(
     full_refresh_select: list[str] | None = None,
     check_drift: bool = True,
     event_time_end: datetime | None = None,
+    reuse: bool | None = None,
+    changed: bool = False,
+    state_target: str | None = None,
 ):
     """The pipeline flow's run (parameters: see `mage_dbt.flows.pipeline_flow`); its final state."""
     settings = load_settings()
     return guarded(settings.data_dir, lambda: _run_pipeline(  # process lock; Ctrl-C -> Cancelled
         settings, pipeline, execution_date, full_refresh, select, target, vars, ref, full_refresh_select,
-        check_drift, event_time_end))
+        check_drift, event_time_end, reuse, changed, state_target))
 
 
 def _run_pipeline(settings, pipeline, execution_date, full_refresh, select, target, vars, ref,
-                  full_refresh_select, check_drift, event_time_end=None):
+                  full_refresh_select, check_drift, event_time_end=None, reuse=None, changed=False,
+                  state_target=None):
     with flow_run_heartbeats():  # Prefect's own are off when run in-process (heartbeats.py)
         logger = get_run_logger()
         ctx = FlowRunContext.get()
@@ -81,6 +88,13 @@ def _run_pipeline(settings, pipeline, execution_date, full_refresh, select, targ
                                  dbt_vars=context.dbt_vars())
         dbt_commit = record_commit(resolved, project, log=logger)  # log line + dbt-commit:<sha12> tag
         context = replace(context, dbt_commit=dbt_commit)
+        if changed:  # a slim run: state:modified+ against the last successful run, deferring (runs/slim.py)
+            try:
+                resolved, context = changed_only(settings, resolved, context, state_target)
+            except MageDbtError as exc:
+                return Failed(message=exc.one_line(), data=exc)
+            logger.info("--changed: %d block(s) modified since the last successful run, or downstream of one",
+                        len(resolved.blocks))
         logger.info(
             "pipeline %s, execution date %s, %d blocks in %d units%s",
             resolved.name, context.date_vars()["execution_date"], len(resolved.blocks), len(resolved.units),
@@ -91,16 +105,19 @@ def _run_pipeline(settings, pipeline, execution_date, full_refresh, select, targ
         with ExitStack() as held:
             try:  # the run's concurrency slots (runs/concurrency.py), taken before the warehouse is touched
                 check_event_time_window(resolved, context.event_time)
-                held.enter_context(holding_slots(run_slots(settings, resolved, context), logger, max_wait=max_wait,
+                run_tags = ctx.flow_run.tags if ctx and ctx.flow_run else ()
+                slots = run_slots(settings, resolved, context) + tagged_slots(run_tags)
+                held.enter_context(holding_slots(slots, logger, max_wait=max_wait,
                                                  flow_run_id=None if run_id == "local" else run_id))
                 refresh_nodes = plan_run_refresh(resolved, context, full_refresh_select, check_drift=check_drift,
                                                  logger=logger)
             except MageDbtError as exc:  # no slot in time, drift with on_drift: fail, a bad full_refresh_select
                 return Failed(message=exc.one_line(), data=exc)  # returned, not raised: no traceback on the CLI
-            run_tags = ctx.flow_run.tags if ctx and ctx.flow_run else ()
             retry = retry_outputs(settings, resolved.name, run_id, run_tags)
             context = replace(context, retry_batches=failed_batches_of(settings, run_tags))
-            return run_and_report(settings, resolved, context, logger, full_refresh_nodes=refresh_nodes, **retry)
+            reuse = spec.reuse if reuse is None else reuse  # the run's option wins over the pipeline's setting
+            return run_and_report(settings, resolved, context, logger, full_refresh_nodes=refresh_nodes,
+                                  reuse=bool(reuse), **retry)
 
 
 def run_context(spec, when: datetime, full_refresh: bool, vars: dict[str, Any] | None, target: str | None,
@@ -165,17 +182,22 @@ def run_and_report(settings, resolved, context, logger, **runner_options):
     and log lines, and the flow run's final state (Failed, with the summary, when a block failed)."""
     ctx = FlowRunContext.get()
     resolved = for_dbt_vars(resolved, context.dbt_vars())  # resolved before the run's vars were known
-    reporter = TaskRunReporter(context.run_id) if ctx and ctx.flow_run else None
+    task_runs = reporter = TaskRunReporter(context.run_id) if ctx and ctx.flow_run else None
+    assets = []
     # The CLI's live display (mage_dbt.runs.block_progress); unchanged when nothing listens.
     label = f"{resolved.name} {context.date_vars()['execution_date']}"
     reporter = with_block_progress(reporter, label, sum(1 for b in resolved.blocks.values() if not b.is_ephemeral))
     try:
         summary = PipelineRunner(settings, resolved, context, reporter=reporter, **runner_options).run()
+        if task_runs is not None:  # queued before close(), which sends every event (runs/assets.py)
+            assets = report_assets(settings, resolved, summary, context, task_runs.task_run_ids(), logger)
     finally:
         if reporter:
             reporter.close()
         current_block_sink().run_ended(label)
     _write_summary(settings, context.run_id, summary)
+    if ctx and ctx.flow_run:  # the summary as the run page's artifact (runs/run_artifacts.py)
+        publish_run_summary(summary, resolved, context.run_id, logger, assets=assets)
     # One log record for the whole table: one row per block would be hundreds of log rows to store.
     logger.info("%d blocks:\n%s", len(summary.results), "\n".join(summary_lines(summary)))
     if summary.interrupted:
@@ -183,7 +205,9 @@ def run_and_report(settings, resolved, context, logger, **runner_options):
         return Cancelled(message=f"{INTERRUPTED}: {len(cancelled)} block(s) cancelled, "
                          f"{len(summary.names('success'))} succeeded", data=summary.to_dict())
     if summary.ok:
-        return Completed(message=f"{len(summary.results)} blocks succeeded", data=summary.to_dict())
+        reused = sum(1 for r in summary.results.values() if r.reused)
+        return Completed(message=f"{len(summary.results)} blocks succeeded" + (f" ({reused} reused)" if reused else ""),
+                         data=summary.to_dict())
     failed = summary.names("failed")
     return Failed(
         message=f"{len(failed)} block(s) failed: {', '.join(failed[:10])}; "

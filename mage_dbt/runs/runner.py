@@ -19,18 +19,21 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 from mage_dbt.blocks.block import through_ephemeral
 from mage_dbt.blocks.outputs import OutputStore
 from mage_dbt.blocks.runners import BlockEnv, run_block
 from mage_dbt.context import RunContext
-from mage_dbt.dbt.executor import DbtExecutor, InProcessDbtExecutor
+from mage_dbt.dbt.executor import DbtExecutor
+from mage_dbt.dbt.executor_choice import executor_for_pipeline
 from mage_dbt.dbt.invocation import count_invocations
 from mage_dbt.dbt.manifest import prune_target_folders
 from mage_dbt.pipelines.pipeline import Pipeline, Unit
 from mage_dbt.refresh.full_refresh import invocation_phases, set_aside_snapshots, settle_snapshots, snapshot_ids
 from mage_dbt.runs.block_results import CANCELLED, FAILED, SKIPPED, SUCCESS, BlockResult, RunSummary
 from mage_dbt.runs.dbt_listener import DbtNodeListener
+from mage_dbt.runs.reuse import RunReuse
 from mage_dbt.runs.interrupts import CANCELLED_MESSAGE, TimeLimitExceeded, TimeLimits, interrupted, time_limits
 from mage_dbt.runs.task_runs import TaskRunReporter
 from mage_dbt.settings import ProjectSettings
@@ -53,12 +56,13 @@ class PipelineRunner:
         executor: DbtExecutor | None = None,
         full_refresh_nodes: set[str] | None = None,
         outputs: OutputStore | None = None,
+        reuse: bool = False,
     ) -> None:
         self.settings = settings
         self.pipeline = pipeline
         self.context = context
         self.reporter = reporter
-        self.executor = executor or InProcessDbtExecutor()
+        self.executor = executor or executor_for_pipeline(settings.dbt_executor, pipeline)  # mage_dbt.yaml's
         self.summary = RunSummary(pipeline=pipeline.name, execution_date=context.date_vars()["execution_date"])
         # Node ids rebuilt with --full-refresh (targeted full refresh); None: context.full_refresh for all.
         self.full_refresh_nodes = full_refresh_nodes
@@ -66,6 +70,10 @@ class PipelineRunner:
         # fallback_run_ids name the run it retries.
         self.outputs = outputs if outputs is not None else OutputStore(
             settings.data_dir, pipeline.name, context.run_id)
+        # State keys: reuse unchanged dbt nodes (when `reuse`), and record every build (mage_dbt.runs.reuse).
+        self._wrote: dict[str, tuple[str, ...]] = {}  # tables a block wrote (SQL blocks' `materialize:`)
+        self.reuse = RunReuse(settings, pipeline, context, enabled=reuse, full_refresh_nodes=full_refresh_nodes) \
+            if pipeline.manifest is not None else None
 
     def run(self) -> RunSummary:
         self.outputs.begin(execution_date=self.summary.execution_date,
@@ -84,6 +92,8 @@ class PipelineRunner:
                     self.summary.dbt_invocations = invocations.count
         if interrupted():
             self._cancel_unfinished()
+        if self.reuse:
+            self.reuse.finish(self.summary)
         return self.summary
 
     def _run_unit(self, unit: Unit) -> None:
@@ -157,6 +167,17 @@ class PipelineRunner:
     def _run_dbt(self, unit: Unit, todo: list[str]) -> None:
         assert self.pipeline.manifest is not None
         ids = [self.pipeline.blocks[n].unique_id for n in todo]
+        if self.reuse:  # nodes whose state key is unchanged are Reused, not run
+            ids = self.reuse.split(ids, self.summary, self.reporter)
+        try:
+            self._run_dbt_ids(ids)
+        finally:
+            if self.reuse:
+                self.reuse.record(ids, self.summary)
+
+    def _run_dbt_ids(self, ids: list[str]) -> None:
+        if not ids:
+            return
         listener = DbtNodeListener(self.pipeline, self.summary, self.reporter)
         if self.full_refresh_nodes is None:
             phases = [(ids, self.context.full_refresh)]
@@ -183,6 +204,7 @@ class PipelineRunner:
         snapshots = snapshot_ids(self.pipeline.manifest, ids) if full_refresh and self.full_refresh_nodes else []
         moved = set_aside_snapshots(self.pipeline.manifest, snapshots) if snapshots else {}
         succeeded: set[str] = set()
+        context = self.context
         try:
             pending, by_id = list(ids), self.pipeline.blocks_by_id
             while pending and not interrupted():
@@ -191,10 +213,11 @@ class PipelineRunner:
                     listener.next_invocation(limits)
                     try:
                         outcome = self.executor.run_nodes(
-                            self.pipeline.manifest, pending, context=self.context, listener=listener,
+                            self.pipeline.manifest, pending, context=context, listener=listener,
                             command="build", full_refresh=full_refresh,
                         )
                         succeeded |= {u for u, r in outcome.results.items() if r.ok}
+                        context = _only_failed_batches_again(context, outcome.results, listener.retry)
                     except TimeLimitExceeded:  # passed outside dbt's own handling: end what has no result
                         listener.stopped(pending)
                 pending = self._next_round(ids, listener)
@@ -240,6 +263,8 @@ class PipelineRunner:
                 time.sleep(delay)  # the retry delay of the run policy; Ctrl-C interrupts it
         self.summary.results[name] = BlockResult(name=name, kind=block.kind, status=status, message=message,
                                                  seconds=seconds, rows=rows, tries=attempt, timed_out=timed_out)
+        if self.reuse:
+            self.reuse.block_ran(block, status == SUCCESS, self._wrote.pop(name, ()))
         if self.reporter:
             if message:
                 self.reporter.log(name, message, logging.INFO if status == SUCCESS else logging.ERROR)
@@ -261,6 +286,7 @@ class PipelineRunner:
         limits.arm(block.name, timeout)
         try:
             outcome = run_block(block, env)
+            self._wrote[block.name] = outcome.writes
             self.outputs[block.name] = outcome.output
             return SUCCESS, outcome.message, outcome.rows
         except Exception as exc:  # a block's failure is a result, not a crash of the run
@@ -268,3 +294,10 @@ class PipelineRunner:
             return FAILED, " ".join(str(exc).split()) or type(exc).__name__, None
         finally:
             limits.disarm(block.name)
+
+
+def _only_failed_batches_again(context: RunContext, results, retry) -> RunContext:
+    """The context of a retry round: a microbatch model retried after some of its batches failed
+    runs only those batches again (as `mage-dbt retry` does), not its whole window."""
+    failed = {u: r.batches_failed for u, r in results.items() if u in retry and r.batches_failed}
+    return replace(context, retry_batches={**context.retry_batches, **failed}) if failed else context

@@ -6,7 +6,8 @@ for every block, so reporting costs dbt nothing (events are queued and sent in b
 websocket by Prefect's EventsWorker) and every state carries the moment it really happened
 (dbt's NodeStart / NodeFinished), not the moment an API call got through. Block logs go through
 Prefect's batched APILogWorker. States: Running → Completed / Failed (dbt's message), and
-Cancelled named "Skipped" for blocks that did not run because an upstream failed. A block retried by
+Cancelled named "Skipped" for blocks that did not run because an upstream failed, and Completed named
+"Reused" for dbt nodes not run because nothing they depend on changed (mage_dbt.runs.reuse). A block retried by
 its run policy goes Running → AwaitingRetry (Scheduled, with the time of the next try) → Retrying
 (Running; run_count counts the tries) → ..., as Prefect's own task retries do; a block stopped by its
 timeout ends Failed named "TimedOut".
@@ -35,6 +36,7 @@ from prefect.utilities.engine import emit_task_run_state_change_event
 
 LOG = logging.getLogger("mage_dbt.task_runs")
 SKIPPED = "Skipped"
+REUSED = "Reused"
 _DEFAULT_NAMES = {
     StateType.RUNNING: "Running",
     StateType.COMPLETED: "Completed",
@@ -103,9 +105,18 @@ class TaskRunReporter:
         self._transition(batch_task_name(block, label), "microbatch-batch", (), ("microbatch",), state_type,
                          SKIPPED if skipped else None, message, parent=block)
 
+    def reused(self, block: str, *, kind: str, message: str, upstream: tuple[str, ...] = ()) -> None:
+        """Not run: its state key matched its last successful build. Completed, named "Reused"."""
+        self._transition(block, kind, upstream, ("reused",), StateType.COMPLETED, REUSED, message)
+
     def skipped(self, block: str, *, kind: str, reason: str, tags: tuple[str, ...] = (),
                 state_name: str = SKIPPED) -> None:
         self._transition(block, kind, (), tags, StateType.CANCELLED, state_name, reason)
+
+    def task_run_ids(self) -> dict[str, UUID]:
+        """Block name -> the id of its task run (blocks reported so far)."""
+        with self._lock:
+            return {block: run.id for block, run in self._runs.items()}
 
     def log(self, block: str, message: str, level: int = logging.INFO) -> None:
         from prefect.logging.handlers import APILogWorker

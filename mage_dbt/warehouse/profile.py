@@ -126,6 +126,11 @@ def resolve_target(profiles_dir: Path | str, profile_name: str, target: str | No
     if not path.is_file():
         raise ConfigError(f"no profiles.yml in {Path(profiles_dir)}",
                           hint="create it or point --profiles-dir at the folder holding it")
+    from mage_dbt.warehouse.profile_light import render_target_light
+
+    light = render_target_light(path, profile_name, target, dict(vars or {}))
+    if light is not None:
+        return _build(path, profile_name, *light)
     return contextvars.copy_context().run(_resolve, path, profile_name, target, dict(vars or {}))
 
 
