@@ -78,6 +78,18 @@ def _start(project: Path, *args: str, env: dict | None = None, log: Path) -> sub
     return proc
 
 
+def _wait_for_gate(proc: subprocess.Popen, gates: Path, day: str, what: str = "the gate block to start") -> None:
+    """Wait until the run's gate block for `day` started; on failure say what the run had printed
+    (two CI runs saw a live run never reach its gate, with nothing to tell why)."""
+    try:
+        wait_for(lambda: (gates / f"started-{day}").exists(), what, alive=lambda: proc.poll() is None)
+    except AssertionError as exc:
+        log = getattr(proc, "stderr_log", None)
+        stdout = log.with_name(log.name.removesuffix(".stderr")).read_text()[-3000:] if log else ""
+        stderr = log.read_text()[-3000:] if log else ""
+        raise AssertionError(f"{exc}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}") from None
+
+
 def _signal_group(proc: subprocess.Popen, sig: int, timeout: float = 180) -> tuple[int, str]:
     """Send `sig` to the run's process group; its exit code and what it wrote to stderr."""
     try:
@@ -108,8 +120,7 @@ def test_sigkill_mid_run_then_retry_finds_it_crashed_and_reruns_it(demo_project,
     gates = _gated_pipeline(demo_project)
     proc = _start(demo_project, "run", "gated", "-d", "2024-02-01", log=tmp_path / "killed.log")
     try:
-        wait_for(lambda: (gates / "started-2024-02-01").exists(), "the gate block to start",
-                 alive=lambda: proc.poll() is None)
+        _wait_for_gate(proc, gates, "2024-02-01")
         [run_id] = _run_dirs(demo_project)
         assert flow_run(run_id).state.type.value == "RUNNING"
     finally:
@@ -137,8 +148,7 @@ def test_sigint_mid_python_block_cancels_the_run_exit_130(demo_project, tmp_path
     log = tmp_path / "interrupted.log"
     proc = _start(demo_project, "run", "gated", "-d", "2024-02-01", log=log)
     try:
-        wait_for(lambda: (gates / "started-2024-02-01").exists(), "the gate block to start",
-                 alive=lambda: proc.poll() is None)
+        _wait_for_gate(proc, gates, "2024-02-01")
     finally:
         code, err = _signal_group(proc, signal.SIGINT)
     out = log.read_text()
@@ -208,8 +218,7 @@ def test_sigint_mid_backfill_cancels_it_exit_130_and_resume_finishes(demo_projec
     log = tmp_path / "backfill.log"
     proc = _start(demo_project, "backfill", "gated", "--start", "2024-02-01", "--end", "2024-02-03", log=log)
     try:
-        wait_for(lambda: (gates / "started-2024-02-02").exists(), "the second interval's gate to start",
-                 alive=lambda: proc.poll() is None)
+        _wait_for_gate(proc, gates, "2024-02-02", "the second interval's gate to start")
     finally:
         code, err = _signal_group(proc, signal.SIGINT)
     out = log.read_text()

@@ -57,23 +57,23 @@ def test_a_sigkilled_run_is_marked_crashed_by_the_server_without_any_mage_dbt_co
     runs must not meet): a real run sends its first heartbeat, is SIGKILLed mid-block, and the server's
     own trigger and action services set it Crashed — no `mage-dbt retry`, no command at all.
 
-    Prefect's heartbeats are at least 30 s apart, so the automation is made for 12-second heartbeats
-    (a 36 s window): longer than the 30 s between a live run's heartbeats, so a run that is slow to
-    reach its gate on a loaded machine is never taken for dead (a 15 s window did that once in CI: the
-    live run was set Crashed before its gate started), and short enough for a quick test."""
+    Prefect's heartbeats are at least 30 s apart, so the automation is made for 20-second heartbeats
+    (a 60 s window): a live run's next heartbeat may come a whole 30 s late before it is taken for dead
+    (a 15 s window once set a live CI run Crashed before its gate started; 36 s left a margin of 6 s),
+    and the window is still short enough for a quick test."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from mage_dbt.deploy.zombie_runs import ensure_zombie_automation
     from tests.support import prefect_server
     from tests.test_backfill_support import wait_for
-    from tests.test_interrupted_runs import _gated_pipeline, _run_dirs, _signal_group, _start
+    from tests.test_interrupted_runs import _gated_pipeline, _run_dirs, _signal_group, _start, _wait_for_gate
 
     server = prefect_server.start(tmp_path / "prefect_home")
     try:
         api = f"{server.url}/api"
         with temporary_settings(updates={PREFECT_API_URL: api}):
-            assert ensure_zombie_automation(frequency=12) == "created"
-        assert_zombie_automation(automations_named(api)[0], within=36)
+            assert ensure_zombie_automation(frequency=20) == "created"
+        assert_zombie_automation(automations_named(api)[0], within=60)
         env = {**server.env, "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}
         gates = _gated_pipeline(demo_project)
         gates.mkdir()
@@ -83,8 +83,7 @@ def test_a_sigkilled_run_is_marked_crashed_by_the_server_without_any_mage_dbt_co
         [finished_id] = _run_dirs(demo_project)
         proc = _start(demo_project, "run", "gated", "-d", "2024-02-01", env=env, log=tmp_path / "killed.log")
         try:
-            wait_for(lambda: (gates / "started-2024-02-01").exists(), "the gate block to start",
-                     alive=lambda: proc.poll() is None)
+            _wait_for_gate(proc, gates, "2024-02-01")
             [run_id] = _run_dirs(demo_project) - {finished_id}
         finally:
             _signal_group(proc, signal.SIGKILL)
@@ -95,8 +94,8 @@ def test_a_sigkilled_run_is_marked_crashed_by_the_server_without_any_mage_dbt_co
                 return json.load(response)["state"]
 
         crashed = wait_for(lambda: (s := state(run_id))["type"] == "CRASHED" and s,
-                           "the server to mark the run Crashed", timeout=150)
-        assert crashed["message"] == ("no heartbeat for 36 s: its process is gone (killed, lost power or cut off "
+                           "the server to mark the run Crashed", timeout=240)
+        assert crashed["message"] == ("no heartbeat for 60 s: its process is gone (killed, lost power or cut off "
                                       "from the server) — re-run what did not finish with `mage-dbt retry`")
         # The finished run's last heartbeat is older than the killed run's: its window passed first.
         assert state(finished_id)["type"] == "COMPLETED"
