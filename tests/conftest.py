@@ -66,6 +66,24 @@ def demo_template(tmp_path_factory) -> Path:
     return copy_project(tmp_path_factory.mktemp("demo_template") / "project")
 
 
+# Variables that mage_dbt's own code sets in its process (settings, the CLI, the local server): a test
+# calling that code in-process must not hand them to the subprocesses of the tests after it on the same
+# xdist worker (a leaked MAGE_DBT_DATA_DIR once sent a later test's run to another project's data folder).
+PROCESS_ENV = ("MAGE_DBT_DATA_DIR", "MAGE_DBT_PROJECT_DIR", "MAGE_DBT_DBT_EXECUTOR", "DBT_WRITE_JSON",
+               "PREFECT_API_URL", "PREFECT_UI_API_URL")
+
+
+@pytest.fixture(autouse=True)
+def _restore_process_env():
+    saved = {key: os.environ.get(key) for key in PROCESS_ENV}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture
 def demo_project(tmp_path) -> Path:
     """A private copy of the demo project (its own DuckDB file, data folder and cache)."""

@@ -70,13 +70,7 @@ def parses_per_process(records: list[dict]) -> dict[int, int]:
 
 
 def reset_pg(env: dict[str, str]) -> None:
-    import psycopg2
-
-    with psycopg2.connect(host=env["PGHOST"], user=env["PGUSER"], dbname=env["PGDATABASE"]) as conn:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            for schema in PG_SCHEMAS:
-                cur.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    postgres.drop_schemas(env, PG_SCHEMAS)
 
 
 def ordered_checksum(env: dict[str, str], table: str) -> tuple[int, str]:

@@ -3,7 +3,7 @@ pipeline's deployment, taken by two real `prefect worker` processes, never more 
 worker SIGKILLed mid-interval leaves its run Crashed (the server's heartbeat automation) and a resume
 completes the rest; the tables equal those of a single-process backfill. Plus the refusals.
 
-The SIGKILL path uses a private Prefect server: its missing-heartbeat window is made short (36 s),
+The SIGKILL path uses a private Prefect server: its missing-heartbeat window is made short (60 s),
 which the session's shared server must not get.
 """
 
@@ -30,7 +30,7 @@ PID_GATE = GATE.replace('(folder / f"started-{day}").write_text("")',
                         '(folder / f"started-{day}").write_text(str(__import__("os").getpid()))')
 assert PID_GATE != GATE
 
-START, END, GATED_DAY = "2024-01-01", "2024-01-10", "2024-01-03"
+START, END, GATED_DAY = "2024-01-01", "2024-01-06", "2024-01-03"  # six days: both workers, N at once
 PG = ["--target", "pg"]
 N = 2
 
@@ -59,7 +59,7 @@ def _release(project, *days: str) -> None:
 
 
 def _days() -> list[str]:
-    return [f"2024-01-{d:02d}" for d in range(1, 11)]
+    return [f"2024-01-{d:02d}" for d in range(1, 7)]
 
 
 def _day(run) -> str:
@@ -133,7 +133,7 @@ def test_intervals_run_on_two_workers_at_most_n_at_once_and_resume_after_a_sigki
                 client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
             deployed = cli(project, "deploy", "poolfill", "--work-pool", pool, env=env)
             assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
-            assert ensure_zombie_automation(frequency=12) in ("created", "updated")  # a 36 s window
+            assert ensure_zombie_automation(frequency=20) in ("created", "updated")  # a 60 s window
             for name in ("worker-a", "worker-b"):
                 workers[name] = Background(
                     [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process", "--name", name,

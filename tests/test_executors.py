@@ -211,6 +211,7 @@ def test_a_killed_worker_fails_the_run_with_a_clear_message_instead_of_hanging(d
         if process.poll() is None:
             process.kill()
             process.communicate()
+        postgres.end_other_sessions(pg_env)  # the killed worker's pg_sleep(90) would hold its locks for the next test
     message = "dbt worker process exited with signal 9 (SIGKILL) while running build of 1 nodes"
     assert process.returncode == 1, stdout[-3000:] + stderr[-3000:]
     assert message in stdout, stdout[-3000:]

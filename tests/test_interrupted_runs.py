@@ -21,6 +21,7 @@ from pathlib import Path
 from tests.conftest import BIN, cli
 from tests.support import dbt_changes, postgres
 from tests.support.block_pipelines import states, write_pipeline
+from tests.support.deployments import child_env
 from tests.support.runs import flow_run, task_runs
 from tests.test_backfill_support import wait_for
 
@@ -71,7 +72,7 @@ def _start(project: Path, *args: str, env: dict | None = None, log: Path) -> sub
     than a pipe holds would block before its gate; two CI runs saw a live run never reach its gate)."""
     err = log.with_name(log.name + ".stderr")
     proc = subprocess.Popen(
-        [str(BIN / "mage-dbt"), *args], cwd=project, env={**os.environ, "COLUMNS": "200", **(env or {})},
+        [str(BIN / "mage-dbt"), *args], cwd=project, env=child_env(**(env or {})),
         stdout=log.open("w"), stderr=err.open("w"), text=True, start_new_session=True,
     )
     proc.stderr_log = err  # type: ignore[attr-defined]

@@ -22,13 +22,7 @@ def backend(request, demo_project):
     if request.param == "duckdb":
         return {}, [], lambda sql: duckdb_rows(demo_project, sql.format(schema="main"))
     env = request.getfixturevalue("pg_env")
-    import psycopg2
-
-    with psycopg2.connect(host=env["PGHOST"], user=env["PGUSER"], dbname=env["PGDATABASE"]) as conn:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            for schema in ("analytics", "analytics_raw", "analytics_snapshots", "analytics_landing"):
-                cur.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    postgres.drop_schemas(env)
     return env, ["--target", "pg"], lambda sql: postgres.query(env, sql.format(schema="analytics"))
 
 

@@ -35,13 +35,7 @@ def target_env(backend, request):
 
 
 def _reset_pg_schemas(env):
-    import psycopg2
-
-    with psycopg2.connect(host=env["PGHOST"], user=env["PGUSER"], dbname=env["PGDATABASE"]) as conn:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            for schema in ("analytics", "analytics_raw", "analytics_snapshots"):
-                cur.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    postgres.drop_schemas(env, ("analytics", "analytics_raw", "analytics_snapshots"))
 
 
 def test_demo_runs_incrementally_and_idempotently(demo_project, target_env, backend):

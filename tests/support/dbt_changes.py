@@ -8,6 +8,8 @@ from pathlib import Path
 
 import yaml
 
+from tests.support import postgres
+
 DEMO = Path("dbt_projects") / "demo"
 
 FAILING_MODEL = """select order_id, cast('x' as integer) as broken_value
@@ -101,10 +103,4 @@ def states(runs: dict) -> dict[str, tuple[str, str]]:
 
 
 def reset_pg_schemas(env: dict) -> None:
-    import psycopg2
-
-    with psycopg2.connect(host=env["PGHOST"], user=env["PGUSER"], dbname=env["PGDATABASE"]) as conn:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            for schema in ("analytics", "analytics_raw", "analytics_snapshots", "analytics_landing"):
-                cur.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    postgres.drop_schemas(env)

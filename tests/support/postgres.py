@@ -68,3 +68,25 @@ def query(env: dict[str, str], sql: str):
     with contextlib.closing(_connect(env["PGDATABASE"])) as conn, conn.cursor() as cur:
         cur.execute(sql)
         return cur.fetchall()
+
+
+DEMO_SCHEMAS = ("analytics", "analytics_raw", "analytics_snapshots", "analytics_landing")
+
+
+def drop_schemas(env: dict[str, str], schemas: tuple[str, ...] = DEMO_SCHEMAS) -> None:
+    """A clean warehouse for the next run: other sessions on the worker's database ended, `schemas` dropped."""
+    end_other_sessions(env)
+    with contextlib.closing(_connect(env["PGDATABASE"])) as conn, conn.cursor() as cur:
+        conn.autocommit = True
+        for schema in schemas:
+            cur.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def end_other_sessions(env: dict[str, str]) -> None:
+    """End every other session on this worker's own database: a test that killed a run mid-query
+    leaves Postgres running that query (pg_sleep(90)) and holding its locks, and the next test's
+    DROP SCHEMA would wait for it (seen: 60 s lost per such test)."""
+    with contextlib.closing(_connect(env["PGDATABASE"])) as conn, conn.cursor() as cur:
+        conn.autocommit = True
+        cur.execute("select pg_terminate_backend(pid) from pg_stat_activity "
+                    "where datname = current_database() and pid <> pg_backend_pid()")

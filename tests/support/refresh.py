@@ -86,11 +86,7 @@ def make_backend(name: str, project: Path, pg_env: dict | None) -> Backend:
 
 
 def reset_pg(env: dict[str, str]) -> None:
-    with psycopg2.connect(host=env["PGHOST"], user=env["PGUSER"], dbname=env["PGDATABASE"]) as conn:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            for schema in ("analytics", "analytics_raw", "analytics_snapshots", "analytics_landing"):
-                cur.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    postgres.drop_schemas(env)
 
 
 def write_pipeline(project: Path, name: str = "daily", on_drift: str = "fail") -> str:
