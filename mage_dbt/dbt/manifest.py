@@ -91,6 +91,7 @@ class LoadedManifest:
     deps: ParseDependencies = field(default_factory=ParseDependencies)
     _dbt_manifest: Any = None
     _graph: Any = None
+    _view: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -114,6 +115,14 @@ class LoadedManifest:
             if self._dbt_manifest is None:
                 self._dbt_manifest = pickle.loads(self._manifest_file.read_bytes())
             return self._dbt_manifest
+
+    @property
+    def view(self) -> Any:
+        """manifest.json as a `ManifestView` (no dbt import); dbt's Manifest when the file is missing."""
+        if self._view is None:
+            from mage_dbt.dbt.manifest_view import ManifestView
+            self._view = ManifestView.read(self.manifest_json) if self.manifest_json.is_file() else self.dbt_manifest
+        return self._view
 
     def select(self, select: list[str] | None, exclude: list[str] | None = None) -> set[str]:
         """Unique ids chosen by dbt's own selector syntax (tag:, path:, +model, @model, ...);

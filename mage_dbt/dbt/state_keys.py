@@ -118,7 +118,7 @@ class KeyComputer:
         self.manifest = dbt_manifest
         self.inputs = inputs
         self._keys: dict[str, StateKey] = {}
-        self._macros: dict[str, tuple[str, str | None, frozenset[str]]] = {}
+        self._macros: dict[str, tuple[str, str | None, frozenset[str], list[str]]] = {}
 
     def keys(self, unique_ids: list[str]) -> dict[str, StateKey]:
         return {uid: self.key(uid) for uid in unique_ids}
@@ -140,6 +140,8 @@ class KeyComputer:
         raw = getattr(node, "raw_code", "") or ""
         code = raw if language == "python" else normalize_sql(raw)
         config = node.config.to_dict(omit_none=False) if hasattr(node.config, "to_dict") else {}
+        # dates as manifest.json writes them (`begin`): the same key from dbt's objects and from the JSON view
+        config = {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in config.items()}
         seed = _seed_digest(node) if node.resource_type == "seed" else None
         macros_hash, macro_doubt, macro_vars = self._macro_closure(list(node.depends_on.macros or ()))
         doubt = _volatile(code, "its code") or _volatile(json.dumps(config, default=str), "its config") or macro_doubt
@@ -205,15 +207,22 @@ class KeyComputer:
             todo.extend(deps)
         return _digest(sorted(hashes)), doubt, names
 
-    def _macro(self, macro_id: str) -> tuple[str, str | None, set[str], list[str]]:
+    def _macro(self, macro_id: str) -> tuple[str, str | None, frozenset[str], list[str]]:
+        """One macro's (hash, doubt, vars, macros it calls), once per run (many nodes share a macro)."""
+        found = self._macros.get(macro_id)
+        if found is None:
+            found = self._macros[macro_id] = self._read_macro(macro_id)
+        return found
+
+    def _read_macro(self, macro_id: str) -> tuple[str, str | None, frozenset[str], list[str]]:
         macro = self.manifest.macros.get(macro_id)
         if macro is None:
-            return "missing", None, set(), []
+            return "missing", None, frozenset(), []
         sql = normalize_sql(macro.macro_sql or "")
         why = _volatile(sql, f"macro {macro_id.split('.', 1)[-1]}")
         if not why and len(_VAR_ANY.findall(sql)) > len(_VAR_NAMED.findall(sql)):
             why = f"macro {macro_id.split('.', 1)[-1]} reads a var by a computed name"
-        names = {m[1] for m in _VAR_NAMED.findall(sql)}
+        names = frozenset(m[1] for m in _VAR_NAMED.findall(sql))
         return _digest(sql), why, names, list(getattr(macro.depends_on, "macros", None) or ())
 
 

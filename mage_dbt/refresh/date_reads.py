@@ -50,7 +50,7 @@ def date_reading_blocks(pipeline: Any, names: Iterable[str]) -> list[str]:
     """The blocks among `names` (dbt nodes of `pipeline`) whose SQL reads the run's dates."""
     if pipeline.manifest is None:
         return []
-    dbt_manifest = pipeline.manifest.dbt_manifest
+    dbt_manifest = pipeline.manifest.view  # manifest.json: no dbt import for a scan
     found = []
     for name in names:
         unique_id = pipeline.blocks[name].unique_id

@@ -81,8 +81,7 @@ class FreshnessGate:
         """("fail" | "skip", reason) for node `uid`, or None: it runs as decided. `settled`: the
         nodes this run leaves as they are (reused or skipped): an upstream model that changed
         otherwise makes it run."""
-        manifest = self.pipeline.manifest.dbt_manifest
-        sources = upstream_sources(manifest, [uid])
+        sources = upstream_sources(self.pipeline.manifest.view, [uid])
         if not sources:
             return None
         checked = self.freshness()

@@ -161,7 +161,7 @@ class RunReuse:
 
     def _compute(self, ids: list[str], records: dict[str, dict]) -> dict[str, StateKey]:
         loaded = self.pipeline.manifest
-        manifest = loaded.dbt_manifest
+        manifest = loaded.view  # manifest.json: a run that reuses every node never imports dbt
         versions, doubts = self._source_versions(upstream_sources(manifest, ids))
         ref = loaded.ref
         identity = {k: v for k, v in self.target.fields.items()
@@ -187,7 +187,7 @@ class RunReuse:
         writes = self.store.read()["writes"]
         versions: dict[str, str] = {}
         doubts: dict[str, str] = {}
-        queries, no_field = source_queries(self.pipeline.manifest.dbt_manifest, source_ids)
+        queries, no_field = source_queries(self.pipeline.manifest.view, source_ids)
         read = self._query_versions(queries, doubts)
         for uid in source_ids:
             table = _table_of(nodes.get(uid))
