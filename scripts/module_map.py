@@ -72,6 +72,7 @@ NEW_MODULES: tuple[str, ...] = (
     "mage_dbt.dbt.parse_patches",
     "mage_dbt.dbt.selection_cache",
     "mage_dbt.dbt.manifest_view",  # manifest.json with attribute access: state keys without importing dbt
+    "mage_dbt.dbt.child_stop",  # Ctrl-C / time limits forwarded to a dbt child process, no event lost
     "mage_dbt.warehouse.profile_light",
     "mage_dbt.pipelines.schedules",
     "mage_dbt.runs.pipeline_run",

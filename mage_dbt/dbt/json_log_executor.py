@@ -32,7 +32,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import deque
 from datetime import datetime, timezone
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from mage_dbt.context import RunContext
+from mage_dbt.dbt.child_stop import forwarding_stops
 from mage_dbt.dbt.executor import plan_invocation, settle_results
 from mage_dbt.dbt.invocation import InvocationOutcome, NodeEvents, NodeListener, NodeResult, first_lines, log_invocation
 from mage_dbt.dbt.manifest import LoadedManifest
@@ -188,17 +188,14 @@ class SubprocessJsonDbtExecutor:
         return InvocationOutcome(success=success, results=results, error=problem)
 
     def _read(self, process: subprocess.Popen, reader: JsonLogReader) -> None:
+        """Feed dbt's output to the reader to its end. Ctrl-C and time limits reach dbt as one SIGINT
+        (`mage_dbt.dbt.child_stop`): dbt stops as it would in-process, and no line is lost."""
         assert process.stdout is not None
-        try:
-            for line in process.stdout:
-                reader.feed(line)
-        except KeyboardInterrupt:  # Ctrl-C or a time limit: dbt stops as it would in-process
-            process.send_signal(signal.SIGINT)
-            watchdog = threading.Timer(self._grace, process.kill)  # dbt did not stop: end it
-            watchdog.daemon = True
-            watchdog.start()
-            try:
-                for line in process.stdout:
-                    reader.feed(line)
-            finally:
-                watchdog.cancel()
+        with forwarding_stops(process, self._grace) as stop:
+            while True:
+                try:
+                    for line in process.stdout:
+                        reader.feed(line)
+                    return
+                except KeyboardInterrupt:  # Python's own SIGINT handling (no interruptible()): stop dbt
+                    stop.request()

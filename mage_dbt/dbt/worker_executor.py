@@ -38,6 +38,7 @@ from multiprocessing.connection import Connection
 from typing import Any, Sequence
 
 from mage_dbt.context import RunContext
+from mage_dbt.dbt.child_stop import forwarding_stops
 from mage_dbt.dbt.invocation import InvocationOutcome, NodeListener, NodeResult, count_invocation
 from mage_dbt.dbt.manifest import LoadedManifest
 
@@ -167,9 +168,9 @@ class WorkerDbtExecutor:
         return reply[1]
 
     def _relay(self, worker: DbtWorker, listener: NodeListener, finished: dict[str, NodeResult]) -> tuple:
-        """Hand the worker's messages to the listener until its reply; Ctrl-C is forwarded once."""
-        watchdog: threading.Timer | None = None
-        try:
+        """Hand the worker's messages to the listener until its reply. Ctrl-C and time limits reach
+        the worker as one SIGINT (`mage_dbt.dbt.child_stop`) and never cut a listener call."""
+        with forwarding_stops(worker.process, self._grace) as stop:
             while True:
                 try:
                     message = worker.replies.recv()
@@ -183,15 +184,8 @@ class WorkerDbtExecutor:
                         _batch_call(listener, message)
                     else:
                         return message
-                except KeyboardInterrupt:  # Ctrl-C or a time limit: dbt stops in the worker
-                    if watchdog is None:
-                        worker.process.send_signal(signal.SIGINT)
-                        watchdog = threading.Timer(self._grace, worker.process.kill)  # did not stop: end it
-                        watchdog.daemon = True
-                        watchdog.start()
-        finally:
-            if watchdog is not None:
-                watchdog.cancel()
+                except KeyboardInterrupt:  # Python's own SIGINT handling (no interruptible()): stop dbt there
+                    stop.request()
 
 
 def _batch_call(listener: Any, message: tuple) -> None:

@@ -12,6 +12,10 @@ RUNNING is then marked Crashed by the next command that looks at the history (`r
 `interrupted()` is what the runner and the flows ask; outside `interruptible()` it is always False
 (runs started by a worker or `serve` keep Prefect's own handling).
 
+While a dbt child process's node events are relayed in the main thread (the worker and json_log
+executors), neither Ctrl-C nor a passed time limit raises there: the child is sent one SIGINT
+instead (`mage_dbt.dbt.child_stop`), so no listener call is cut in half and no event is lost.
+
 Timeouts (`timeout_seconds` of a run policy) stop work the same way: `time_limits()` arms deadlines
 (a block, or a dbt node from the moment dbt starts it) and when the first one passes, SIGALRM raises
 `TimeLimitExceeded` — a KeyboardInterrupt — in the main thread. dbt handles it exactly like Ctrl-C
@@ -29,6 +33,8 @@ import sys
 import threading
 import time
 from typing import Iterator
+
+from mage_dbt.dbt.child_stop import request_stop
 
 EXIT_CODE = 130
 CANCELLED_MESSAGE = "interrupted (Ctrl-C) before it finished"
@@ -50,6 +56,8 @@ def _handler(signum, frame) -> None:
         sys.stderr.flush()
         os._exit(EXIT_CODE)
     _INTERRUPTED.set()
+    if request_stop():  # a dbt child process's events are being relayed: stop it, lose none
+        return
     raise KeyboardInterrupt
 
 
@@ -127,6 +135,8 @@ class TimeLimits:
             self.expired.update(due)
             self._active = False
             self._deadlines.clear()
+        if request_stop():  # a dbt child process's events are being relayed: stop it, lose none
+            return
         names = ", ".join(sorted(due))
         raise TimeLimitExceeded(f"time limit passed: {names}")
 
