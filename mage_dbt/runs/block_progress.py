@@ -128,6 +128,13 @@ class ProgressReporter:
         if self.inner:
             self.inner.batch_finished(block, label, **outcome)
 
+    def unfinished(self) -> list[str]:
+        """Blocks started and not ended (the task-run reporter's view when there is one)."""
+        if self.inner:
+            return self.inner.unfinished()
+        with self._lock:
+            return list(self._started)
+
     def log(self, block: str, message: str, level: int = 20) -> None:
         if self.inner:
             self.inner.log(block, message, level)

@@ -107,7 +107,8 @@ class PipelineRunner:
             self._run_block(todo[0])
 
     def _cancel_unfinished(self) -> None:
-        """After Ctrl-C: every block without a result (running or not reached) is Cancelled."""
+        """After Ctrl-C: every block without a result (running or not reached) is Cancelled; a task run
+        left open (its block's result recorded just as Ctrl-C came, a microbatch batch) ends as the summary says."""
         self.summary.interrupted = True
         for name in self._topo():
             block = self.pipeline.blocks[name]
@@ -117,6 +118,19 @@ class PipelineRunner:
                                                      message=CANCELLED_MESSAGE, unique_id=block.unique_id)
             if self.reporter:
                 self.reporter.skipped(name, kind=block.kind, reason=CANCELLED_MESSAGE, state_name="Cancelled")
+        for name in self.reporter.unfinished() if self.reporter else ():
+            self._end_task_run(name)
+
+    def _end_task_run(self, name: str) -> None:
+        """A task run Ctrl-C left open (its block's result recorded, or a batch's): ended as the summary says."""
+        assert self.reporter is not None
+        result = self.summary.results.get(name)
+        if result is not None and result.status in (SUCCESS, FAILED):
+            self.reporter.finished(name, ok=result.status == SUCCESS, message=result.message,
+                                   name="TimedOut" if result.timed_out else None)
+        else:
+            self.reporter.skipped(name, kind="block", reason=result.message if result else CANCELLED_MESSAGE,
+                                  state_name="Skipped" if result and result.status == SKIPPED else "Cancelled")
 
     def _blocked(self, unit: Unit) -> dict[str, str]:
         """Blocks of `unit` that cannot run, with the upstream block that stops them."""

@@ -113,6 +113,11 @@ class TaskRunReporter:
                 state_name: str = SKIPPED) -> None:
         self._transition(block, kind, (), tags, StateType.CANCELLED, state_name, reason)
 
+    def unfinished(self) -> list[str]:
+        """Task runs reported so far whose state is not final (Running, AwaitingRetry)."""
+        with self._lock:
+            return [block for block, run in self._runs.items() if run.state is not None and not run.state.is_final()]
+
     def task_run_ids(self) -> dict[str, UUID]:
         """Block name -> the id of its task run (blocks reported so far)."""
         with self._lock:
