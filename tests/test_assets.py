@@ -157,3 +157,21 @@ def test_owner_is_meta_owner_else_the_dbt_groups_owner():
     assert {u: n.owner for u, n in nodes.items()} == {
         "model.shop.a": "ana", "model.shop.b": "finance@shop.example", "model.shop.c": "cfg", "model.shop.d": None}
     assert (nodes["model.shop.a"].description, nodes["model.shop.d"].description) == ("A table.", None)
+
+
+def test_a_reused_node_reports_no_materialization(demo_template):
+    """A node reused by `reuse:` did not write its table: no materialization event, so an asset's
+    last materialization (and an automation on it) stays the run that really built it."""
+    from mage_dbt.pipelines.pipeline import load_pipeline
+    from mage_dbt.runs.assets import materializations
+    from mage_dbt.runs.block_results import SUCCESS, BlockResult, RunSummary
+    from mage_dbt.settings import load_settings
+
+    pipeline = load_pipeline(load_settings(demo_template), "demo")
+    summary = RunSummary(pipeline="demo", execution_date="2024-02-01")
+    for name, reused in (("stg_orders", False), ("fct_orders", True)):
+        block = pipeline.blocks[name]
+        summary.results[name] = BlockResult(name=name, kind=block.kind, status=SUCCESS, unique_id=block.unique_id,
+                                            reused=reused)
+    found = materializations(pipeline, summary, "duckdb")
+    assert [(m.block, m.key.rsplit("/", 1)[-1]) for m in found] == [("stg_orders", "stg_orders")]

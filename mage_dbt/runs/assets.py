@@ -124,11 +124,12 @@ class AssetMap:
 
 def materializations(pipeline: Any, summary: RunSummary, adapter: str,
                      database: str | None = None) -> list[Materialization]:
-    """What the run materialized, block by block (skipped and cancelled blocks wrote nothing)."""
+    """What the run materialized, block by block (skipped, cancelled and reused blocks wrote nothing:
+    a reused node's table is the one its last build left, already reported by that run)."""
     assets = AssetMap(pipeline, adapter, database)
     out = []
     for name, result in summary.results.items():
-        if result.status not in (SUCCESS, FAILED) or name not in pipeline.blocks:
+        if result.status not in (SUCCESS, FAILED) or result.reused or name not in pipeline.blocks:
             continue
         block = pipeline.blocks[name]
         node = assets.nodes.get(block.unique_id) if block.unique_id else None
