@@ -5,14 +5,16 @@ interleaved within every repetition:
 
   (a) `dbt build` — the plain CLI, every node built;
   (b) `mage-dbt run bench --reuse` — a second run of the unchanged project: every node's state key
-      matches its last build, so every node is Reused and dbt is not invoked at all.
+      matches its last build, so every node is Reused and dbt is not invoked at all;
+  (f) the floor: a new Python process running one empty Prefect flow against the same server
+      (bench/empty_flow.py). Every mage-dbt run is a Prefect flow run, so (b) cannot go below (f).
 
 Before timing, the project is built once by dbt and once by `mage-dbt run --reuse` (untimed: the
 second records the keys). Then, once: one staging model gets a real change and `mage-dbt run --reuse`
 must run exactly that model and its downstream (counted from dbt's child_map and from the dbt
 invocation log); the row checksums of every table after that reuse run must equal those after a
-plain `dbt build` of the same code. Prints medians, the ratio b/a (target <= 0.10, stretch 0.05)
-and the checks; writes bench/results/bench_reuse-*.json.
+plain `dbt build` of the same code. Prints medians, the ratios b/a (target <= 0.10, stretch 0.05),
+f/a and b/f, and the checks; writes bench/results/bench_reuse-*.json.
 
     .venv/bin/python bench/bench_reuse.py [--models 200] [--repeat 3]
 """
@@ -40,6 +42,10 @@ def dbt_cmd(project: Path, command: str) -> list[str]:
 def mage_cmd() -> list[str]:
     return [common.venv_exe("mage-dbt"), "run", "bench", "--execution-date", EXECUTION_DATE, "--target", "pg",
             "--reuse"]
+
+
+def floor_cmd() -> list[str]:
+    return [common.venv_exe("python"), str(Path(__file__).with_name("empty_flow.py"))]
 
 
 def checksums(env: dict[str, str], schema: str) -> dict[str, str]:
@@ -88,7 +94,7 @@ def run(args: argparse.Namespace) -> dict:
     project = common.WORK_DIR / f"reuse-n{args.models}"
     shape = gen_project.generate(project, args.models)
     logs = project / "bench-logs"
-    results: dict = {"models": args.models, "repeat": args.repeat, "a": [], "b": [], "errors": {}}
+    results: dict = {"models": args.models, "repeat": args.repeat, "a": [], "b": [], "f": [], "errors": {}}
     with contextlib.ExitStack() as stack:
         print("starting the Prefect server ...", flush=True)
         shared = stack.enter_context(common.prefect_server())
@@ -104,14 +110,15 @@ def run(args: argparse.Namespace) -> dict:
                 print(f"{label} failed:\n{result.tail}")
                 return results
         for rep in range(args.repeat):
-            for variant in (("a", "b") if rep % 2 == 0 else ("b", "a")):
+            for variant in (("a", "b", "f") if rep % 2 == 0 else ("f", "b", "a")):
                 before = invocation_count(project)
-                cmd = dbt_cmd(project, "build") if variant == "a" else mage_cmd()
+                cmd = {"a": dbt_cmd(project, "build"), "b": mage_cmd(), "f": floor_cmd()}[variant]
                 result = common.run_timed(cmd, cwd=project, env=env, log=logs / f"{variant}-{rep}.log")
                 extra = ""
                 if variant == "b":
                     extra = f", dbt invocations: {len(builds_since(project, before))}"
-                print(f"  rep {rep + 1}/{args.repeat} ({variant}) {'dbt build' if variant == 'a' else 'mage-dbt run --reuse'}: "
+                label = {"a": "dbt build", "b": "mage-dbt run --reuse", "f": "empty Prefect flow"}[variant]
+                print(f"  rep {rep + 1}/{args.repeat} ({variant}) {label}: "
                       f"{result.seconds:.2f} s{extra}" + ("" if result.ok else f"  FAILED (exit {result.returncode})"),
                       flush=True)
                 if result.ok:
@@ -146,15 +153,17 @@ def change_one_staging_model(project: Path, env: dict, schema: str, shape, logs:
 
 
 def report(results: dict) -> None:
-    a, b = common.median(results["a"]), common.median(results["b"])
+    a, b, f = common.median(results["a"]), common.median(results["b"]), common.median(results.get("f", []))
     print(f"\nN={results['models']} on Postgres, medians of {len(results['a'])}/{len(results['b'])} run(s); "
           f"execution date {EXECUTION_DATE}")
     common.print_table(["variant", "median (s)", "runs (s)"], [
         ["a dbt build", common.fmt(a), " ".join(f"{s:.2f}" for s in results["a"])],
         ["b mage-dbt run --reuse (unchanged)", common.fmt(b), " ".join(f"{s:.2f}" for s in results["b"])],
+        ["f empty Prefect flow (the floor)", common.fmt(f), " ".join(f"{s:.2f}" for s in results.get("f", []))],
     ])
     ratio = common.ratio(b, a)
-    print(f"b/a = {common.fmt(ratio, 3)} (target <= 0.10, stretch <= 0.05)")
+    print(f"b/a = {common.fmt(ratio, 3)} (target <= 0.10, stretch <= 0.05); f/a = {common.fmt(common.ratio(f, a), 3)} "
+          f"(no run recorded as a Prefect flow run costs less); b/f = {common.fmt(common.ratio(b, f), 2)}")
     changed = results.get("changed")
     if changed:
         print(f"changed {changed['model']}: built {changed['built_nodes']} node(s) in {changed['invocations']} "
@@ -163,7 +172,8 @@ def report(results: dict) -> None:
               + (f" (differ: {changed['differing_tables']})" if not changed["tables_equal"] else ""))
     for key, tail in results["errors"].items():
         print(f"error ({key}): {tail.strip().splitlines()[-1] if tail.strip() else '(no output)'}")
-    path = common.write_results("bench_reuse", {**results, "median_a": a, "median_b": b, "ratio_b_a": ratio})
+    path = common.write_results("bench_reuse", {**results, "median_a": a, "median_b": b, "median_f": f,
+                                                    "ratio_b_a": ratio, "ratio_f_a": common.ratio(f, a)})
     print(f"results: {path.relative_to(common.REPO_ROOT)}")
 
 
