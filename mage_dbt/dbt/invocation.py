@@ -201,6 +201,7 @@ class NodeEvents:
         self._wanted = wanted
         self._microbatch = microbatch or set()
         self._started: set[str] = set()
+        self._started_lock = threading.Lock()  # dbt's threads (a microbatch model's batches) race to start a node
         self.finished: dict[str, NodeResult] = {}
         self.batch_errors: dict[str, str] = {}  # microbatch model -> the first error of a batch
         self.failure: Exception | None = None  # the first error of our own handling of an event
@@ -224,8 +225,10 @@ class NodeEvents:
         if not unique_id or (self._wanted is not None and unique_id not in self._wanted):
             return
         if name == "NodeStart":
-            if unique_id not in self._started:  # a microbatch model's batches start it again
+            with self._started_lock:  # a microbatch model's batches start it again
+                first = unique_id not in self._started
                 self._started.add(unique_id)
+            if first:
                 self._listener.node_started(unique_id)
             return
         if unique_id in self._microbatch:

@@ -8,6 +8,7 @@ retry and those they held up, so the runner can invoke dbt again for exactly the
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import replace
 
 from mage_dbt.blocks.block import through_ephemeral
@@ -38,11 +39,16 @@ class DbtNodeListener:
         self.deferred: set[str] = set()
         self.limits: TimeLimits | None = None
         self._running: set[str] = set()
+        self._lock = threading.RLock()  # node events come from dbt's threads (re-entrant: a finish may start)
 
     def next_invocation(self, limits: TimeLimits) -> None:
         self.retry, self.deferred, self.limits, self._running = set(), set(), limits, set()
 
     def node_started(self, unique_id: str, *, by_dbt: bool = True) -> None:
+        with self._lock:  # dbt calls from several threads at once; the sets below are shared
+            self._node_started(unique_id, by_dbt=by_dbt)
+
+    def _node_started(self, unique_id: str, *, by_dbt: bool) -> None:
         block = self._pipeline.blocks[self._names[unique_id]]
         if block.is_ephemeral:
             return  # dbt only compiles it: a task run exists only if that fails
@@ -61,6 +67,10 @@ class DbtNodeListener:
                                    upstream=through_ephemeral(self._pipeline.blocks, block.upstream))
 
     def node_finished(self, result: NodeResult) -> None:
+        with self._lock:
+            self._node_finished(result)
+
+    def _node_finished(self, result: NodeResult) -> None:
         block = self._pipeline.blocks[self._names[result.unique_id]]
         uid = result.unique_id
         if self.limits is not None:
@@ -129,6 +139,10 @@ class DbtNodeListener:
 
     def stopped(self, ids: list[str]) -> None:
         """The invocation was stopped before dbt reported these nodes."""
+        with self._lock:
+            self._stopped(ids)
+
+    def _stopped(self, ids: list[str]) -> None:
         for uid in ids:
             name = self._names[uid]
             if not ({uid} & (self.retry | self.deferred) or name in self._summary.results
