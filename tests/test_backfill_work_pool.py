@@ -1,4 +1,4 @@
-"""Backfills through a Prefect work pool (`mage-dbt backfill --work-pool`): intervals are runs of the
+"""Backfills through a Prefect work pool (`mage-dbt backfill --work-pool`): ten daily intervals are runs of the
 pipeline's deployment, taken by two real `prefect worker` processes, never more than N at once; a
 worker SIGKILLed mid-interval leaves its run Crashed (the server's heartbeat automation) and a resume
 completes the rest; the tables equal those of a single-process backfill. Plus the refusals.
@@ -30,7 +30,7 @@ PID_GATE = GATE.replace('(folder / f"started-{day}").write_text("")',
                         '(folder / f"started-{day}").write_text(str(__import__("os").getpid()))')
 assert PID_GATE != GATE
 
-START, END, GATED_DAY = "2024-01-01", "2024-01-06", "2024-01-03"  # six days: both workers, N at once
+START, END, GATED_DAY = "2024-01-01", "2024-01-10", "2024-01-03"  # ten days (issue 20): both workers, N at once
 PG = ["--target", "pg"]
 N = 2
 
@@ -59,7 +59,9 @@ def _release(project, *days: str) -> None:
 
 
 def _days() -> list[str]:
-    return [f"2024-01-{d:02d}" for d in range(1, 7)]
+    """Every day of START..END."""
+    first, last = (datetime.fromisoformat(d).toordinal() for d in (START, END))
+    return [datetime.fromordinal(day).date().isoformat() for day in range(first, last + 1)]
 
 
 def _day(run) -> str:
