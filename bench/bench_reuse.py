@@ -14,7 +14,7 @@ second records the keys). Then, once: one staging model gets a real change and `
 must run exactly that model and its downstream (counted from dbt's child_map and from the dbt
 invocation log); the row checksums of every table after that reuse run must equal those after a
 plain `dbt build` of the same code. Prints medians, the ratios b/a (target <= 0.10, stretch 0.05),
-f/a and b/f, and the checks; writes bench/results/bench_reuse-*.json.
+f/a and b/f, the Prefect server's CPU seconds per run of each variant, and the checks; writes bench/results/bench_reuse-*.json.
 
     .venv/bin/python bench/bench_reuse.py [--models 200] [--repeat 3]
 """
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> dict:
     project = common.WORK_DIR / f"reuse-n{args.models}"
     shape = gen_project.generate(project, args.models)
     logs = project / "bench-logs"
-    results: dict = {"models": args.models, "repeat": args.repeat, "a": [], "b": [], "f": [], "errors": {}}
+    results: dict = {"models": args.models, "repeat": args.repeat, "a": [], "b": [], "f": [], "server_cpu": {}, "errors": {}}
     with contextlib.ExitStack() as stack:
         print("starting the Prefect server ...", flush=True)
         shared = stack.enter_context(common.prefect_server())
@@ -113,7 +113,9 @@ def run(args: argparse.Namespace) -> dict:
             for variant in (("a", "b", "f") if rep % 2 == 0 else ("f", "b", "a")):
                 before = invocation_count(project)
                 cmd = {"a": dbt_cmd(project, "build"), "b": mage_cmd(), "f": floor_cmd()}[variant]
+                cpu = common.server_cpu_seconds()
                 result = common.run_timed(cmd, cwd=project, env=env, log=logs / f"{variant}-{rep}.log")
+                results["server_cpu"].setdefault(variant, []).append(round(common.server_cpu_seconds() - cpu, 3))
                 extra = ""
                 if variant == "b":
                     extra = f", dbt invocations: {len(builds_since(project, before))}"
@@ -164,6 +166,9 @@ def report(results: dict) -> None:
     ratio = common.ratio(b, a)
     print(f"b/a = {common.fmt(ratio, 3)} (target <= 0.10, stretch <= 0.05); f/a = {common.fmt(common.ratio(f, a), 3)} "
           f"(no run recorded as a Prefect flow run costs less); b/f = {common.fmt(common.ratio(b, f), 2)}")
+    cpu = {v: common.median(c) for v, c in results.get("server_cpu", {}).items()}
+    if cpu:
+        print("Prefect server CPU per run (median): " + ", ".join(f"{v} {common.fmt(c)} s" for v, c in sorted(cpu.items())))
     changed = results.get("changed")
     if changed:
         print(f"changed {changed['model']}: built {changed['built_nodes']} node(s) in {changed['invocations']} "
