@@ -31,10 +31,9 @@ class InterruptingListener:
     def __init__(self) -> None:
         self.entered: list[str] = []
         self.completed: list[str] = []
-        self.started: list[str] = []
 
     def node_started(self, unique_id: str) -> None:
-        self.started.append(unique_id)
+        pass
 
     def node_finished(self, result) -> None:
         self.entered.append(result.unique_id)

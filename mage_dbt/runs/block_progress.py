@@ -110,6 +110,8 @@ class ProgressReporter:
     def skipped(self, block: str, *, kind: str, reason: str, tags: tuple[str, ...] = (),
                 state_name: str | None = None) -> None:
         cancelled = state_name == "Cancelled"
+        with self._lock:
+            self._started.pop(block, None)  # ended: not `unfinished` any more
         self.sink.block_finished(block, "cancelled" if cancelled else "skipped", 0.0, None if cancelled else reason)
         if self.inner:
             extra = {"state_name": state_name} if state_name else {}
