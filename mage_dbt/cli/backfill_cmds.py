@@ -35,7 +35,7 @@ from mage_dbt.backfill.plan import (
 from mage_dbt.backfill.lock import refuse_overlapping
 from mage_dbt.blocks.outputs import check_data_dir
 from mage_dbt.cli.console import console, err_console
-from mage_dbt.cli.options import ProjectDir, Target, settings_for
+from mage_dbt.cli.options import ProjectDir, Target, connect_prefect, project_settings, settings_for
 from mage_dbt.cli.typer_app import app
 from mage_dbt.cli.tables import backfills_table, print_recap, states_cell
 from mage_dbt.dates import Interval
@@ -69,12 +69,13 @@ def backfill(
     project_dir: Optional[Path] = ProjectDir,
 ) -> int:
     """Backfill PIPELINE over --start..--end, one Prefect flow run per interval (both ends inclusive)."""
-    settings = settings_for(project_dir)
+    settings = project_settings(project_dir)
     worker = not dry_run and _starts_worker(settings, pipeline, target, resume, concurrency, work_pool)
     if worker:
         from mage_dbt.cli.run_cmds import start_dbt_worker
 
         start_dbt_worker()
+    connect_prefect()
     if concurrency is not None and concurrency < 1:
         raise BackfillError(f"--concurrency {concurrency} must be at least 1")
     if max_intervals is not None and max_intervals < 1:

@@ -23,16 +23,30 @@ PREFECT_VERBS = frozenset({"run", "retry", "backfill", "backfills", "full-refres
 
 def settings_for(project_dir: Optional[Path]) -> ProjectSettings:
     """The project's settings; for a Prefect verb, also the Prefect server it talks to."""
+    settings = project_settings(project_dir)
+    connect_prefect()
+    return settings
+
+
+def project_settings(project_dir: Optional[Path]) -> ProjectSettings:
+    """The project's settings, exported to this process's environment (dbt and blocks read it).
+    `run` and `backfill` start their dbt worker between this and `connect_prefect()`, so the
+    worker's dbt import overlaps with our Prefect import (mage_dbt.dbt.worker_executor)."""
     settings = load_settings(project_dir)
     settings.export_environment()
+    return settings
+
+
+def connect_prefect() -> None:
+    """For a Prefect verb: the shared local Prefect server (started if needed), or the server of
+    PREFECT_API_URL, checked (one line, not a traceback, when it is down)."""
     if _current_verb() in PREFECT_VERBS:
         from mage_dbt.deploy.local_server import ensure_local_server
 
         if ensure_local_server(announce=lambda line: err_console.print(line, soft_wrap=True)) is None:
             from mage_dbt.cli.prefect_reachable import check_configured_server
 
-            check_configured_server()  # PREFECT_API_URL set: a server that is down is one line, not a traceback
-    return settings
+            check_configured_server()
 
 
 def _current_verb() -> Optional[str]:

@@ -12,7 +12,7 @@ from mage_dbt.blocks.outputs import check_data_dir
 from mage_dbt.cli.console import console, err_console
 from mage_dbt.cli.live_progress import block_progress
 from mage_dbt.cli.tables import print_run_recap, print_run_table
-from mage_dbt.cli.options import ProjectDir, Target, parse_vars, settings_for
+from mage_dbt.cli.options import ProjectDir, Target, connect_prefect, parse_vars, project_settings
 from mage_dbt.cli.typer_app import app
 from mage_dbt.dates import parse_execution_date
 from mage_dbt.dbt.executor_choice import check_executor, resolve_executor, target_adapter
@@ -39,10 +39,11 @@ def run(
     project_dir: Optional[Path] = ProjectDir,
 ) -> int:
     """Run PIPELINE for one execution date (a Prefect flow run with one task run per block)."""
-    settings = settings_for(project_dir)
+    settings = project_settings(project_dir)
     worker = starts_dbt_worker(settings, pipeline, target)
     if worker:
         start_dbt_worker()
+    connect_prefect()
     check_data_dir(settings.data_dir)  # a read-only or full data folder stops here, before any flow run
     spec = load_pipeline_spec(settings.flows_dir, pipeline)
     when = parse_execution_date(execution_date, spec.timezone)

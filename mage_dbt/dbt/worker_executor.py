@@ -1,9 +1,11 @@
 """The worker executor: node groups run by a dbt worker process, node events streamed back.
 
-`mage-dbt run` calls `prestart_worker()` first thing: the worker (`mage_dbt.dbt.worker_process`)
+`mage-dbt run` calls `prestart_worker()` first thing, as soon as the project's settings say the
+run uses the worker and before it connects to Prefect: the worker (`mage_dbt.dbt.worker_process`)
 imports dbt while this process imports Prefect and creates the flow run, and `preload_worker()`
-hands it the run's manifest cache entry as soon as the pre-flight knows it. `WorkerDbtExecutor`
-implements `DbtExecutor` by forwarding: it sends the node group, then relays the worker's
+hands it the run's manifest cache entry as soon as the pre-flight knows it (the worker then warms
+up what dbt's first invocation pays before its first node). `WorkerDbtExecutor` implements
+`DbtExecutor` by forwarding: it sends the node group, then relays the worker's
 `started` / `finished` / batch messages to the listener in this process's main thread, so
 Prefect reporting never competes with dbt's threads for one GIL. Elsewhere (a flow run in a
 Prefect worker, a test) the worker starts at the first dbt group.
@@ -17,9 +19,8 @@ its queries there); a worker that does not stop within `stop_grace_seconds` is k
 
 Still in this process, and so still importing dbt here: the drift check's `dbt compile` when its
 disk cache misses (a new revision of the project), dbt's selector for a selection not remembered
-yet (`mage_dbt.dbt.selection_cache`), profiles.yml with Jinja beyond env_var/var
-(`mage_dbt.warehouse.profile_light`), and the state keys of `mage_dbt.runs.reuse`, which read the
-unpickled manifest (about 2 s at 200 models on these machines; the next thing to move).
+yet (`mage_dbt.dbt.selection_cache`) and profiles.yml with Jinja beyond env_var/var
+(`mage_dbt.warehouse.profile_light`). A repeated run of an unchanged project imports none of it.
 
 The in-process executor (`mage_dbt.dbt.executor`) remains the choice where no start-up is to be
 hidden or dbt already has a process of its own: tests, backfill worker processes, library use.

@@ -4,12 +4,13 @@ Started by `mage_dbt.dbt.worker_executor` (first thing in `mage-dbt run`), it im
 so dbt's import overlaps with the parent's Prefect import and flow-run creation, then serves
 requests from the parent over a pipe (pickled tuples, `multiprocessing.connection`), one at a time:
 
-- `("preload", ref, key, folder)`: read that manifest cache entry and unpickle dbt's Manifest;
+- `("preload", ref, key, folder)`: read that manifest cache entry, unpickle dbt's Manifest and
+  warm up what dbt's first invocation would pay before its first node (`warm_up`);
 - `("run", request)`: run a node group with the in-process executor (`InProcessDbtExecutor`)
   here, streaming the listener's calls back as `("started", id)`, `("finished", NodeResult)`,
   `("batch_started", ...)`, `("batch_finished", ...)`, then `("done", InvocationOutcome)` (or
   `("error", text)` when the executor raised);
-- `("exit",)`, or the parent's end of the pipe closing: the worker exits.
+- `("exit",)`, or the parent's end of the pipe closing: the worker exits at once (`exit_now`).
 
 dbt's process-global state, its threads and its callbacks live here; the parent only relays
 events to Prefect. SIGINT is ignored while idle and, during a run, stops dbt as Ctrl-C would
@@ -84,7 +85,7 @@ class Worker:
                 return 0
             if kind == "preload":
                 try:
-                    self.manifest(*message[1:]).dbt_manifest
+                    warm_up(self.manifest(*message[1:]).dbt_manifest.metadata.adapter_type)
                 except Exception:  # noqa: BLE001 - the run request will say it again, with the parent listening
                     pass
             elif kind == "run":
@@ -108,6 +109,28 @@ class Worker:
             signal.signal(signal.SIGINT, previous)
         release_duckdb()  # before the reply: the parent's next block may open the file at once
         listener._send(reply)
+
+
+def warm_up(adapter_type: str | None) -> None:
+    """Pay now, while the parent still creates the flow run, what dbt's first invocation in a
+    process pays once before its first node: the imports of dbt's tasks, of agate and of the
+    adapter plugin; `inspect`'s module-by-file cache (creating the adapter calls `inspect.stack()`
+    for each behavior flag, and the first call maps every loaded module's file); the JSON schemas
+    that validate the project, the runtime configuration and the profile's credentials (built on
+    first use, then cached by dbt). Best effort: whatever fails here, the run does again and reports."""
+    import importlib
+    import inspect
+
+    import dbt.task.build  # noqa: F401 - dbt imports its tasks (run, seed, test, snapshot) at the first invocation
+    import dbt_common.clients.agate_helper  # noqa: F401 - agate and babel, for the first result table
+    from dbt.contracts.project import Configuration, Project
+
+    if adapter_type:
+        plugin = importlib.import_module(f"dbt.adapters.{adapter_type}").Plugin
+        plugin.credentials.json_schema()
+    Project.json_schema()
+    Configuration.json_schema()
+    inspect.stack()
 
 
 def release_duckdb() -> None:
@@ -145,5 +168,17 @@ def main(argv: list[str]) -> int:
     return Worker(requests, replies).serve()
 
 
+def exit_now(code: int) -> None:
+    """End the worker without interpreter teardown (about 0.5 s with dbt loaded, and the parent
+    waits for it): dbt's connections are closed after each run, its log files are flushed here."""
+    import logging
+    import os
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    exit_now(main(sys.argv[1:]))
