@@ -3,12 +3,14 @@ one materialization per model, seed, snapshot and per table a Python block write
 relation (`duckdb://<db>/<schema>/<name>`, `postgres://<db>/<schema>/<name>`), whose upstream assets
 are exactly the manifest's `depends_on` relations (dbt sources included, ephemeral models looked
 through), with rows, seconds, materialization, execution date, description and owner; the lineage
-connects the Python block that lands a source to the models reading it."""
+connects the Python block that lands a source to the models reading it. Each block's events go
+out as its task run ends, not after the run."""
 
 from __future__ import annotations
 
 import json
 import re
+from datetime import datetime
 
 import pytest
 
@@ -90,6 +92,9 @@ def _run_and_check(project, adapter: str, env=None, flags=(), extra=None):
     referenced = [e["resource"]["prefect.resource.id"] for e in flow_run_events(run_id)
                   if e["event"] == "prefect.asset.referenced"]
     assert sorted(referenced) == sorted({k for e in found.values() for k in upstream(e)})
+    # A block's events are queued as its task run ends, while the run goes on (not all after it).
+    first_event = min(datetime.fromisoformat(e["occurred"]) for e in found.values())
+    assert first_event < max(r.end_time for r in runs.values() if r.end_time is not None)
     return keys, found
 
 

@@ -12,13 +12,15 @@ for each upstream asset (once per run) and `prefect.asset.materialization.succee
 upstream assets (role `asset`), `mage-dbt` (role `asset-materialized-by`) and the block's task run as
 related resources, and the metadata as payload: rows affected, seconds, materialization, execution
 date, dbt unique id, pipeline. The resource carries name, description and owners from the manifest.
-Events go through Prefect's EventsWorker queue, sent in batches with the run's other events.
+Events go through Prefect's EventsWorker queue, sent with the run's other events: each block's as
+its task run ends (`AssetEvents`), so they are built and sent while the rest of the run goes on.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -127,24 +129,62 @@ def materializations(pipeline: Any, summary: RunSummary, adapter: str,
     """What the run materialized, block by block (skipped, cancelled and reused blocks wrote nothing:
     a reused node's table is the one its last build left, already reported by that run)."""
     assets = AssetMap(pipeline, adapter, database)
-    out = []
-    for name, result in summary.results.items():
-        if result.status not in (SUCCESS, FAILED) or result.reused or name not in pipeline.blocks:
-            continue
-        block = pipeline.blocks[name]
-        node = assets.nodes.get(block.unique_id) if block.unique_id else None
-        materialized = (node.materialized if node is not None and node.resource_type == "model"
-                        else node.resource_type if node is not None else block.kind)
-        metadata = {"rows_affected": result.rows, "seconds": result.seconds, "materialization": materialized,
-                    "execution_date": summary.execution_date, "pipeline": summary.pipeline, "block": name,
-                    "dbt_unique_id": block.unique_id, "status": result.dbt_status or result.status}
-        upstream = assets.block_upstream(name)
-        for key in assets.block_writes(name):
-            out.append(Materialization(
-                block=name, key=key, status="succeeded" if result.status == SUCCESS else "failed",
-                properties=assets.properties.get(key, {"name": key.rsplit("/", 1)[-1]}),
-                upstream=upstream, metadata={k: v for k, v in metadata.items() if v is not None}))
-    return out
+    return [m for name in summary.results for m in block_materializations(assets, summary, name)]
+
+
+def block_materializations(assets: AssetMap, summary: RunSummary, name: str) -> list[Materialization]:
+    """What block `name` materialized, by its result in `summary` (none when it has no result yet)."""
+    pipeline, result = assets.pipeline, summary.results.get(name)
+    if result is None or result.status not in (SUCCESS, FAILED) or result.reused or name not in pipeline.blocks:
+        return []
+    block = pipeline.blocks[name]
+    node = assets.nodes.get(block.unique_id) if block.unique_id else None
+    materialized = (node.materialized if node is not None and node.resource_type == "model"
+                    else node.resource_type if node is not None else block.kind)
+    metadata = {"rows_affected": result.rows, "seconds": result.seconds, "materialization": materialized,
+                "execution_date": summary.execution_date, "pipeline": summary.pipeline, "block": name,
+                "dbt_unique_id": block.unique_id, "status": result.dbt_status or result.status}
+    upstream = assets.block_upstream(name)
+    return [Materialization(
+        block=name, key=key, status="succeeded" if result.status == SUCCESS else "failed",
+        properties=assets.properties.get(key, {"name": key.rsplit("/", 1)[-1]}),
+        upstream=upstream, metadata={k: v for k, v in metadata.items() if v is not None})
+        for key in assets.block_writes(name)]
+
+
+class AssetEvents:
+    """A run's asset events, queued as each block's task run ends (`block_ended`, called by
+    TaskRunReporter.finished), so building and sending them overlaps the rest of the run instead
+    of following it; `finish()` queues those of the blocks that ended without that call (reused
+    or cancelled blocks write nothing; a result recorded by other paths) and returns them all, in
+    the summary's order. Each upstream asset is referenced once per run, when the first block
+    reading it ends. Thread-safe: the in-process executor ends blocks from dbt's threads."""
+
+    def __init__(self, assets: AssetMap, summary: RunSummary, task_run_ids: Any) -> None:
+        self._assets = assets
+        self._summary = summary
+        self._task_run_ids = task_run_ids  # () -> {block: task run id}
+        self._lock = threading.Lock()
+        self._reported: dict[str, list[Materialization]] = {}
+        self._referenced: set[str] = set()
+        self._properties: dict[str, Any] = {}  # of every asset materialized so far
+
+    def block_ended(self, name: str) -> None:
+        with self._lock:
+            if name in self._reported or name not in self._summary.results:
+                return
+            found = self._reported[name] = block_materializations(self._assets, self._summary, name)
+            referenced = list(dict.fromkeys(k for m in found for k in m.upstream if k not in self._referenced))
+            self._referenced.update(referenced)
+            self._properties.update((m.key, m.properties) for m in found)
+            properties = {k: self._properties[k] for k in referenced if k in self._properties}
+        if found:
+            emit_materializations(found, self._task_run_ids(), referenced=referenced, properties=properties)
+
+    def finish(self) -> list[Materialization]:
+        for name in list(self._summary.results):
+            self.block_ended(name)
+        return [m for name in self._summary.results for m in self._reported.get(name, ())]
 
 
 def resource(key: str, properties: dict[str, Any]) -> dict[str, str]:
@@ -155,15 +195,19 @@ def resource(key: str, properties: dict[str, Any]) -> dict[str, str]:
     return AssetContext.asset_as_resource(Asset(key=key, properties=AssetProperties(**properties)))
 
 
-def emit_materializations(found: Iterable[Materialization], task_run_ids: dict[str, Any]) -> int:
-    """Queue the asset events of a run (inside its flow run context); how many were queued."""
+def emit_materializations(found: Iterable[Materialization], task_run_ids: dict[str, Any],
+                          referenced: Iterable[str] | None = None, properties: dict[str, Any] | None = None) -> int:
+    """Queue asset events (inside the flow run's context): one `referenced` event per upstream asset
+    (`referenced`, default: every upstream of `found`), one materialization per item; how many were
+    queued. A referenced asset carries the properties it has as a materialization of the run (in
+    `properties`, default: those of `found`)."""
     from prefect.events import emit_event
 
     found = list(found)
-    referenced: dict[str, None] = {}
-    for item in found:
-        referenced.update(dict.fromkeys(k for k in item.upstream if k not in referenced))
-    properties = {m.key: m.properties for m in found}
+    if referenced is None:
+        referenced = dict.fromkeys(k for item in found for k in item.upstream)
+    if properties is None:
+        properties = {m.key: m.properties for m in found}
     sent = 0
     for key in referenced:  # once per run, however many assets read it
         if emit_event(event="prefect.asset.referenced", resource=resource(key, properties.get(key, {})), related=[]):
@@ -180,18 +224,27 @@ def emit_materializations(found: Iterable[Materialization], task_run_ids: dict[s
     return sent
 
 
-def report_assets(settings: Any, pipeline: Any, summary: RunSummary, context: Any, task_run_ids: dict[str, Any],
-                  logger: Any = None) -> list[Materialization]:
-    """Build and queue the run's asset events; errors are logged, never raised."""
+def asset_events(settings: Any, pipeline: Any, summary: RunSummary, context: Any, task_run_ids: Any,
+                 logger: Any = None) -> AssetEvents | None:
+    """The run's AssetEvents (None when the pipeline writes no table, or its target cannot be told:
+    then a warning is logged; reporting assets never changes the run's outcome)."""
     try:
         from mage_dbt.blocks.support import block_target
 
         if pipeline.manifest is None and not pipeline.block_io:
-            return []
+            return None
         target = block_target(settings, pipeline, context)
-        found = materializations(pipeline, summary, target.type, target.database)
-        emit_materializations(found, task_run_ids)
-        return found
+        return AssetEvents(AssetMap(pipeline, target.type, target.database), summary, task_run_ids)
+    except Exception as exc:  # reporting must never change the run's outcome
+        (logger or LOG).warning("could not report the run's assets to Prefect: %s", exc)
+        return None
+
+
+def finish_assets(events: AssetEvents | None, logger: Any = None) -> list[Materialization]:
+    """Queue the asset events not sent yet and list every materialization of the run; errors are
+    logged, never raised."""
+    try:
+        return events.finish() if events is not None else []
     except Exception as exc:  # reporting must never change the run's outcome
         (logger or LOG).warning("could not report the run's assets to Prefect: %s", exc)
         return []

@@ -33,7 +33,7 @@ from mage_dbt.runs.heartbeats import flow_run_heartbeats
 from mage_dbt.runs.history import RETRY_TAG
 from mage_dbt.runs.project_sync import prepare_run_project, record_commit
 from mage_dbt.runs.microbatch_checks import check_event_time_window, warn_unfiltered_upstreams
-from mage_dbt.runs.assets import report_assets
+from mage_dbt.runs.assets import asset_events, finish_assets
 from mage_dbt.runs.run_artifacts import publish_run_summary
 from mage_dbt.runs.run_guard import INTERRUPTED, guarded
 from mage_dbt.runs.runner import PipelineRunner, RunSummary
@@ -188,9 +188,13 @@ def run_and_report(settings, resolved, context, logger, **runner_options):
     label = f"{resolved.name} {context.date_vars()['execution_date']}"
     reporter = with_block_progress(reporter, label, sum(1 for b in resolved.blocks.values() if not b.is_ephemeral))
     try:
-        summary = PipelineRunner(settings, resolved, context, reporter=reporter, **runner_options).run()
-        if task_runs is not None:  # queued before close(), which sends every event (runs/assets.py)
-            assets = report_assets(settings, resolved, summary, context, task_runs.task_run_ids(), logger)
+        runner = PipelineRunner(settings, resolved, context, reporter=reporter, **runner_options)
+        events = None if task_runs is None else asset_events(
+            settings, resolved, runner.summary, context, task_runs.task_run_ids, logger)
+        if events is not None:  # each block's asset events go out as its task run ends (runs/assets.py)
+            task_runs.after_final = events.block_ended
+        summary = runner.run()
+        assets = finish_assets(events, logger)  # queued before close(), which sends every event
     finally:
         if reporter:
             reporter.close()

@@ -73,6 +73,9 @@ class TaskRunReporter:
         # are emitted inside a copy of it so Prefect relates them to this flow run.
         self._context = contextvars.copy_context()
         self.errors: list[str] = []
+        # Called with a block's name once its final state is queued (not for skipped blocks): the run's
+        # asset events (mage_dbt.runs.assets.AssetEvents) go out then, while the run goes on.
+        self.after_final: Any = None
 
     # -- public API (thread-safe; called from dbt's worker threads) -----------------------------
     def started(self, block: str, *, kind: str, upstream: tuple[str, ...] = (), tags: tuple[str, ...] = (),
@@ -93,6 +96,11 @@ class TaskRunReporter:
     ) -> None:
         state_type = StateType.CANCELLED if skipped else StateType.COMPLETED if ok else StateType.FAILED
         self._transition(block, None, (), (), state_type, name, message)
+        if self.after_final is not None and not skipped:
+            try:
+                self._context.copy().run(self.after_final, block)
+            except Exception as exc:  # reporting must never break the run itself
+                self.errors.append(f"after {block} ended: {exc}")
 
     def batch_started(self, block: str, label: str) -> UUID:
         """A batch of microbatch model `block` started: a task run of its own, nested in the model's."""
