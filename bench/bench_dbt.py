@@ -16,8 +16,9 @@ same selection is run side by side, the variants interleaved within every repeti
 Before timing, each project is seeded and built once (untimed), so every timed run is a steady-state
 incremental run with dbt's partial-parse cache warm; mage-dbt gets one untimed warm-up run too.
 Prints the medians, the ratios b/a, c/b, w/a, j/a, w/b, j/b (and p1/a, p2/a, b/p1, b/p2 in a
-second table when the peers run) and the Prefect server's CPU
-seconds per mage-dbt run (issue 18: reporting must not be the bottleneck); writes every timing to
+second table when the peers run), the Prefect server's CPU seconds per mage-dbt run (issue 18:
+reporting must not be the bottleneck) and the peak RSS of every variant's processes (issue 18:
+b <= 1.2 x a at N = 1000; the server excluded); writes every timing to
 bench/results/; each process output is kept in bench/.work/dbt-n<N>/bench-logs/.
 
     .venv/bin/python bench/bench_dbt.py [--sizes 50,200] [--targets duckdb,pg] [--repeat 3]
@@ -65,6 +66,7 @@ class Case:
     variants: list[str]
     seconds: dict[str, list[float]] = field(default_factory=dict)
     server_cpu: dict[str, list[float]] = field(default_factory=dict)  # Prefect server CPU s per run
+    peak_rss: dict[str, list[float]] = field(default_factory=dict)  # MB, all processes of a run
     errors: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -91,6 +93,8 @@ class Case:
             "size": self.size, "target": self.target, "seconds": self.seconds,
             "server_cpu_seconds": self.server_cpu,
             "server_cpu_median": {v: common.median(c) for v, c in self.server_cpu.items()},
+            "peak_rss_mb": self.peak_rss,
+            "peak_rss_mb_median": {v: common.median(m) for v, m in self.peak_rss.items()},
             "median": medians, "errors": self.errors,
             "ratios": {"b/a": common.ratio(medians["b"], medians["a"]),
                        "b/a paired": self.paired_ratio("b", "a"),
@@ -136,13 +140,13 @@ def run_flow_variant(case: Case, variant: str, label: str) -> common.RunResult:
     if variant in MAGE_EXECUTORS:
         env = {**case.env, "MAGE_DBT_DBT_EXECUTOR": MAGE_EXECUTORS[variant]}
         result = common.run_timed(mage_cmd(case), cwd=case.project, env=env,
-                                  log=case.log(f"{variant}-{label}"))
+                                  log=case.log(f"{variant}-{label}"), memory=True)
     else:
         summary = case.log(f"{variant}-{label}").with_suffix(".nodes.json")
         summary.unlink(missing_ok=True)
         cmd = peer.command(variant, case.dbt_dir, case.project, case.target, DBT_VARS, summary)
         result = common.run_timed(cmd, cwd=case.project, env=case.env,
-                                  log=case.log(f"{variant}-{label}"))
+                                  log=case.log(f"{variant}-{label}"), memory=True)
         problem = result.ok and peer.check_nodes(summary, case.dbt_dir / "target" / "manifest.json")
         if problem:
             result = common.RunResult(result.seconds, 1, problem)
@@ -155,7 +159,7 @@ def run_variant(case: Case, variant: str, label: str) -> common.RunResult:
     """Run one variant once, from process start to exit (for (c): the whole per-model loop)."""
     if variant == "a":
         return common.run_timed(dbt_cmd(case, "build"), cwd=case.project, env=case.env,
-                                log=case.log(f"a-{label}"))
+                                log=case.log(f"a-{label}"), memory=True)
     if variant in FLOW_VARIANTS:
         return run_flow_variant(case, variant, label)
     total = 0.0
@@ -201,6 +205,8 @@ def measure(case: Case, repeat: int) -> None:
                   + ("" if result.ok else f"  FAILED (exit {result.returncode})"), flush=True)
             if result.ok:
                 case.seconds.setdefault(variant, []).append(result.seconds)
+                if result.peak_rss_mb is not None:
+                    case.peak_rss.setdefault(variant, []).append(result.peak_rss_mb)
             else:
                 case.errors[variant] = result.tail
 
@@ -279,6 +285,14 @@ def report(cases: list[Case], args: argparse.Namespace) -> None:
         if cpu:
             print(f"Prefect server CPU per run (median), n={case.size} {case.target}: "
                   + ", ".join(f"{v} {common.fmt(c)} s" for v, c in cpu.items()))
+    for case in cases:
+        rss = case.summary()["peak_rss_mb_median"]
+        if rss:
+            base = rss.get("a")
+            print(f"Peak RSS per run (median MB, every process of the run, the Prefect server excluded), "
+                  f"n={case.size} {case.target}: " + ", ".join(
+                      f"{v} {common.fmt(m, 0)}" + (f" ({common.fmt(common.ratio(m, base))} x a)" if base and v != "a" else "")
+                      for v, m in rss.items()))
     for case in cases:
         for variant, tail in case.errors.items():
             first = tail.strip().splitlines()[-1] if tail.strip() else "(no output)"

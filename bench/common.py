@@ -16,6 +16,7 @@ import socket
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -57,11 +58,13 @@ def pg_env() -> dict[str, str]:
 
 @dataclass
 class RunResult:
-    """One measured process: wall-clock seconds, exit code and the tail of its output."""
+    """One measured process: wall-clock seconds, exit code, the tail of its output and, when
+    asked for, the peak resident memory of the process and all its descendants (MB)."""
 
     seconds: float
     returncode: int
     tail: str
+    peak_rss_mb: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -72,24 +75,84 @@ def tail_of(text: str, lines: int = 15) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-def run_timed(cmd: Sequence[str], *, cwd: Path, env: dict[str, str], log: Path | None = None,
-              timeout: float = 3600) -> RunResult:
-    """Run `cmd` to completion and time it (process start to exit, as a user would see it)."""
-    start = time.perf_counter()
+def _children_by_parent() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    return children
+
+
+def _peak_rss_kb(pid: int) -> int | None:
+    """VmHWM: the most resident memory this process has used so far (kB)."""
     try:
-        proc = subprocess.run(list(cmd), cwd=cwd, env=env, capture_output=True, text=True,
-                              timeout=timeout)
-        code, out, err = proc.returncode, proc.stdout, proc.stderr
-    except FileNotFoundError as exc:
-        code, out, err = 127, "", str(exc)
-    except subprocess.TimeoutExpired as exc:
-        code, out, err = 124, str(exc.stdout or ""), f"timed out after {timeout:.0f} s"
-    seconds = time.perf_counter() - start
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _sample_tree(root: int, peaks: dict[int, int]) -> None:
+    """Record the peak RSS so far of `root` and every process descended from it."""
+    children, todo = _children_by_parent(), [root]
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, ()))
+        kb = _peak_rss_kb(pid)
+        if kb is not None:
+            peaks[pid] = max(kb, peaks.get(pid, 0))
+
+
+def _sample_until(root: int, peaks: dict[int, int], ended: threading.Event) -> None:
+    while not ended.wait(0.2):
+        _sample_tree(root, peaks)
+
+
+def run_timed(cmd: Sequence[str], *, cwd: Path, env: dict[str, str], log: Path | None = None,
+              timeout: float = 3600, memory: bool = False) -> RunResult:
+    """Run `cmd` to completion and time it (process start to exit, as a user would see it).
+
+    With `memory`, the process tree is sampled every 0.2 s and `peak_rss_mb` is the sum of each
+    process's own peak RSS (VmHWM; the direct child's is exact, from wait4): an upper bound of the
+    memory the run held at once, as its processes (mage-dbt and its dbt worker) live side by side."""
+    start = time.perf_counter()
+    peaks: dict[int, int] = {}
+    with tempfile.TemporaryFile("w+") as out_file, tempfile.TemporaryFile("w+") as err_file:
+        try:
+            proc = subprocess.Popen(list(cmd), cwd=cwd, env=env, stdout=out_file, stderr=err_file, text=True)
+        except FileNotFoundError as exc:
+            return RunResult(time.perf_counter() - start, 127, str(exc))
+        ended, killed = threading.Event(), threading.Event()
+        timed_out = threading.Timer(timeout, lambda: (killed.set(), proc.kill()))
+        timed_out.start()
+        sampler = threading.Thread(target=_sample_until, args=(proc.pid, peaks, ended), daemon=True)
+        if memory:
+            sampler.start()
+        _, status, usage = os.wait4(proc.pid, 0)  # blocks until exit: the wall time is exact
+        seconds = time.perf_counter() - start
+        ended.set()
+        timed_out.cancel()
+        proc.returncode = code = 124 if killed.is_set() else os.waitstatus_to_exitcode(status)
+        if memory:
+            sampler.join()
+            peaks[proc.pid] = max(peaks.get(proc.pid, 0), usage.ru_maxrss)  # kB on Linux; exact
+        out_file.seek(0)
+        err_file.seek(0)
+        out, err = out_file.read(), err_file.read()
+    if code == 124:
+        err += f"\ntimed out after {timeout:.0f} s"
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(f"$ {' '.join(cmd)}\n# exit {code} in {seconds:.2f} s\n{out}\n{err}")
     # dbt reports errors on stdout, Python tracebacks go to stderr: show whichever says more.
-    return RunResult(seconds, code, tail_of(err if err.strip() else out))
+    return RunResult(seconds, code, tail_of(err if err.strip() else out),
+                     round(sum(peaks.values()) / 1024, 1) if memory else None)
 
 
 def median(values: Sequence[float]) -> float | None:
