@@ -277,8 +277,8 @@ def report(cases: list[Case], args: argparse.Namespace) -> None:
     print(f"\nmedians of {args.repeat} run(s); execution date {EXECUTION_DATE}")
     common.print_table(HEADERS, [case.row() for case in cases], left=2)
     if any(v in args.variants for v in peer.VARIANTS):
-        print(f"\nprefect-dbt {peer.PREFECT_DBT_VERSION} peers (issue 18 target: b/peer <= 0.60, "
-              "peer = the faster of p1 and p2)")
+        print(f"\nprefect-dbt {peer.PREFECT_DBT_VERSION} peers (issue 18 target: <= 0.60 x the faster of p1 and p2, "
+              "for `mage-dbt run` as a user runs it: w, the default executor on Postgres)")
         common.print_table(peer.HEADERS, [peer.row(case.summary()) for case in cases], left=2)
     for case in cases:
         cpu = case.summary()["server_cpu_median"]

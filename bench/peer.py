@@ -25,8 +25,9 @@ import common
 
 PREFECT_DBT_VERSION = "0.7.25"  # needs prefect >= 3.6.17; PER_WAVE orchestrator since 0.7.17
 VARIANTS = {"p1": "prefect-dbt PrefectDbtRunner", "p2": "prefect-dbt orchestrator, per wave"}
-RATIOS = ("p1/a", "p2/a", "b/p1", "b/p2", "b/peer")  # b/peer: b over the faster of p1 and p2
-HEADERS = ["size", "target", "a dbt build (s)", "b mage-dbt (s)", "p1 runner (s)",
+# b/peer, w/peer: mage-dbt (in-process; worker, the default on Postgres) over the faster of p1 and p2
+RATIOS = ("p1/a", "p2/a", "b/p1", "b/p2", "b/peer", "w/p1", "w/p2", "w/peer")
+HEADERS = ["size", "target", "a dbt build (s)", "b mage-dbt (s)", "w worker (s)", "p1 runner (s)",
            "p2 per-wave (s)", *RATIOS]
 VENV = common.WORK_DIR / "peer-venv"
 RUNNER = common.BENCH_DIR / "peer_prefect_dbt.py"
@@ -114,11 +115,14 @@ def ratios(medians: dict[str, float | None]) -> dict[str, float | None]:
             "p2/a": common.ratio(medians.get("p2"), medians.get("a")),
             "b/p1": common.ratio(medians.get("b"), medians.get("p1")),
             "b/p2": common.ratio(medians.get("b"), medians.get("p2")),
-            "b/peer": common.ratio(medians.get("b"), min(peers) if peers else None)}
+            "b/peer": common.ratio(medians.get("b"), min(peers) if peers else None),
+            "w/p1": common.ratio(medians.get("w"), medians.get("p1")),
+            "w/p2": common.ratio(medians.get("w"), medians.get("p2")),
+            "w/peer": common.ratio(medians.get("w"), min(peers) if peers else None)}
 
 
 def row(summary: dict) -> list[str]:
     medians, r = summary["median"], summary["ratios"]
     return [str(summary["size"]), summary["target"],
-            *(common.fmt(medians.get(v)) for v in ("a", "b", "p1", "p2")),
+            *(common.fmt(medians.get(v)) for v in ("a", "b", "w", "p1", "p2")),
             *(common.fmt(r.get(k)) for k in RATIOS)]
