@@ -31,6 +31,7 @@ class InterruptingListener:
     def __init__(self) -> None:
         self.entered: list[str] = []
         self.completed: list[str] = []
+        self.first = None  # the result the SIGINT was sent from (its status says why if `ran` is empty)
 
     def node_started(self, unique_id: str) -> None:
         pass
@@ -38,6 +39,7 @@ class InterruptingListener:
     def node_finished(self, result) -> None:
         self.entered.append(result.unique_id)
         if len(self.entered) == 1:
+            self.first = result
             os.kill(os.getpid(), signal.SIGINT)
         total = 0
         for step in range(200_000):  # bytecodes enough for the handler to run inside this call
@@ -76,7 +78,8 @@ def test_ctrl_c_inside_a_listener_call_stops_dbt_without_cutting_the_call(execut
     assert listener.entered and listener.completed == listener.entered  # no call was cut in half
     assert not outcome.success
     ran = [u for u, r in outcome.results.items() if r.ok]
-    assert 0 < len(ran) < len(ids), (len(ran), len(ids))  # dbt stopped after the SIGINT, before the end
+    assert 0 < len(ran) < len(ids), (len(ran), len(ids), listener.first, outcome.error,  # dbt stopped after SIGINT
+                                     sorted({(r.status, (r.message or "")[:200]) for r in outcome.results.values()}))
     assert set(outcome.results) <= set(listener.entered), set(outcome.results) - set(listener.entered)
 
 

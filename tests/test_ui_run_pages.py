@@ -26,6 +26,30 @@ def _click_tab(driver, tab_id: str) -> None:
     WebDriverWait(driver, UI_WAIT).until(lambda d: d.find_elements("id", tab_id))[0].click()
 
 
+def _submit(driver, created):
+    """Click the form's Submit button once it is clickable; the flow runs it created. A click that
+    leaves the page on the form without a run (CI once waited 90 s for a run that never came) is
+    repeated, twice at most; the failure names the page the browser was on."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    form_url = driver.current_url
+    for attempt in range(3):
+        if driver.current_url == form_url:
+            submit = WebDriverWait(driver, UI_WAIT).until(expected_conditions.element_to_be_clickable(
+                (By.XPATH, "//button[normalize-space(.)='Submit']")))
+            driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", submit)
+            submit.click()
+        try:
+            return wait_until(created, UI_WAIT / 3, "the form's flow run")
+        except AssertionError:
+            if attempt == 2:
+                text = " ".join(driver.find_element(By.TAG_NAME, "body").text.split())[:500]
+                raise AssertionError(f"no flow run after 3 submits; the browser is on {driver.current_url}: {text}")
+    raise AssertionError("unreachable")
+
+
 def test_run_page_artifact_asset_lineage_and_deployment_form_in_the_browser(browser, tmp_path_factory):
     from selenium.webdriver.common.by import By
 
@@ -82,9 +106,6 @@ def test_run_page_artifact_asset_lineage_and_deployment_form_in_the_browser(brow
     assert not browser.find_elements(By.XPATH, "//*[normalize-space(text())='date-time']")  # no type switch
     _screenshot(browser, "deployment-form")
     # Left as it is (no date), the form submits: the run gets the target filled in, no execution date.
-    submit = browser.find_element(By.XPATH, "//button[normalize-space(.)='Submit']")
-    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", submit)
-    submit.click()
-    runs = wait_until(lambda: flow_runs_of(dep.id), UI_WAIT, "the form's flow run")
+    runs = _submit(browser, lambda: flow_runs_of(dep.id))
     assert runs[0].parameters.get("target") == "duckdb" and runs[0].parameters.get("execution_date") is None, \
         runs[0].parameters

@@ -170,11 +170,13 @@ def main(argv: list[str]) -> int:
 
 def exit_now(code: int) -> None:
     """End the worker without interpreter teardown (about 0.5 s with dbt loaded, and the parent
-    waits for it): dbt's connections are closed after each run, its log files are flushed here."""
-    import logging
+    waits for it). The exit handlers still run: multiprocessing's unlinks the semaphores dbt
+    created (else its resource tracker warns of leaked ones on the user's terminal), logging's
+    flushes dbt's log file; dbt's connections were closed after each run."""
+    import atexit
     import os
 
-    logging.shutdown()
+    atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
