@@ -8,6 +8,7 @@ Skipped outside CI only when Chromium is missing (`make services` installs it)."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -35,19 +36,16 @@ def _submit(driver, created):
     from selenium.webdriver.support.ui import WebDriverWait
 
     form_url = driver.current_url
-    for attempt in range(3):
+    for _ in range(3):
         if driver.current_url == form_url:
             submit = WebDriverWait(driver, UI_WAIT).until(expected_conditions.element_to_be_clickable(
                 (By.XPATH, "//button[normalize-space(.)='Submit']")))
             driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", submit)
             submit.click()
-        try:
+        with contextlib.suppress(AssertionError):  # no run yet: submit again if still on the form
             return wait_until(created, UI_WAIT / 3, "the form's flow run")
-        except AssertionError:
-            if attempt == 2:
-                text = " ".join(driver.find_element(By.TAG_NAME, "body").text.split())[:500]
-                raise AssertionError(f"no flow run after 3 submits; the browser is on {driver.current_url}: {text}")
-    raise AssertionError("unreachable")
+    text = " ".join(driver.find_element(By.TAG_NAME, "body").text.split())[:500]
+    raise AssertionError(f"no flow run after 3 submits; the browser is on {driver.current_url}: {text}")
 
 
 def test_run_page_artifact_asset_lineage_and_deployment_form_in_the_browser(browser, tmp_path_factory):
