@@ -195,19 +195,13 @@ def resource(key: str, properties: dict[str, Any]) -> dict[str, str]:
     return AssetContext.asset_as_resource(Asset(key=key, properties=AssetProperties(**properties)))
 
 
-def emit_materializations(found: Iterable[Materialization], task_run_ids: dict[str, Any],
-                          referenced: Iterable[str] | None = None, properties: dict[str, Any] | None = None) -> int:
-    """Queue asset events (inside the flow run's context): one `referenced` event per upstream asset
-    (`referenced`, default: every upstream of `found`), one materialization per item; how many were
-    queued. A referenced asset carries the properties it has as a materialization of the run (in
-    `properties`, default: those of `found`)."""
+def emit_materializations(found: list[Materialization], task_run_ids: dict[str, Any], referenced: Iterable[str],
+                          properties: dict[str, Any]) -> int:
+    """Queue asset events (inside the flow run's context): one `referenced` event per key of
+    `referenced` (with its properties as a materialization of the run, when it is one), one
+    materialization per item of `found`; how many were queued."""
     from prefect.events import emit_event
 
-    found = list(found)
-    if referenced is None:
-        referenced = dict.fromkeys(k for item in found for k in item.upstream)
-    if properties is None:
-        properties = {m.key: m.properties for m in found}
     sent = 0
     for key in referenced:  # once per run, however many assets read it
         if emit_event(event="prefect.asset.referenced", resource=resource(key, properties.get(key, {})), related=[]):
