@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 import pytest
 
@@ -96,12 +97,18 @@ def test_api_trigger_with_curl_and_the_server_checks_parameter_types(deployed):
     url = f"{api}/deployments/{deployment(a).id}/create_flow_run"
 
     def curl(parameters: dict) -> tuple[int, str]:
-        done = subprocess.run(
-            # --retry: a busy SQLite server answers 503 now and then; Prefect's own client retries it too
-            ["curl", "-sS", "--retry", "5", "--retry-delay", "1", "-X", "POST", "-H", "Content-Type: application/json", "-o", "-", "-w", "\n%{http_code}",
-             "--data", json.dumps({"parameters": parameters}), url],
-            capture_output=True, text=True, timeout=60)
-        body, _, code = done.stdout.rpartition("\n")
+        # A busy SQLite server answers 503 now and then (Prefect's own client retries it too). curl's --retry
+        # appends each attempt's body to stdout ('{"exception_message":"Service Unavailable"}{"id": ...'),
+        # so the retry is here and every attempt's answer stands alone.
+        for attempt in range(6):
+            done = subprocess.run(
+                ["curl", "-sS", "-X", "POST", "-H", "Content-Type: application/json", "-o", "-", "-w", "\n%{http_code}",
+                 "--data", json.dumps({"parameters": parameters}), url],
+                capture_output=True, text=True, timeout=60)
+            body, _, code = done.stdout.rpartition("\n")
+            if int(code) != 503:
+                break
+            time.sleep(1 + attempt)  # back-off before a retry, as curl's --retry-delay did
         return int(code), body
 
     code, body = curl({"execution_date": "2024-05-07T00:00:00+00:00"})
