@@ -1,7 +1,8 @@
 """Killed and interrupted runs end in a true state (issue 22).
 
 - SIGKILL in the middle of a run: Prefect still says RUNNING, but the run's process lock
-  (mage_dbt.runs.run_liveness) is free, so the next `mage-dbt retry` marks it Crashed and re-runs it.
+  (mage_dbt.runs.run_liveness) is free, so the next `mage-dbt retry` marks it Crashed and re-runs it,
+  and the next run (the retry or another) gets the killed run's DuckDB slot back at once.
 - SIGINT (Ctrl-C, to the CLI's process group) in the middle of a Python block, of a dbt build on
   Postgres (a query cancelled by dbt) and of a backfill: exit 130, one `interrupted` line with the
   retry/resume command, the blocks that did not finish Cancelled (none failed), the run Cancelled.
@@ -133,6 +134,8 @@ def test_sigkill_mid_run_then_retry_finds_it_crashed_and_reruns_it(demo_project,
     retried = cli(demo_project, "retry", "gated")
     assert retried.returncode == 0, retried.stdout[-3000:] + retried.stderr[-3000:]
     assert "marked 1 run(s) whose process is gone Crashed: gated-2024-02-01" in retried.stdout
+    # ...and gave back the DuckDB slot the killed run held: the retry did not wait for its lease to end
+    assert "waiting for a concurrency slot" not in retried.stdout + retried.stderr, retried.stdout + retried.stderr
     assert f"of flow run {run_id} (gated, execution date 2024-02-01" in retried.stdout
     assert "after_gate" in retried.stdout and "gate" in retried.stdout
     crashed = flow_run(run_id).state
@@ -142,6 +145,30 @@ def test_sigkill_mid_run_then_retry_finds_it_crashed_and_reruns_it(demo_project,
 
     again = cli(demo_project, "retry", "gated")  # the crashed run was retried: nothing left to offer
     assert again.returncode == 0 and "nothing to retry" in again.stdout, again.stdout[-2000:]
+
+
+def test_a_run_after_a_sigkilled_run_gets_its_duckdb_slot_back_without_waiting(demo_project, tmp_path):
+    """The killed run's lease would hold the DuckDB file's slot for a minute more: the next run sees the
+    run's process is gone and releases it (mage_dbt.runs.run_liveness.release_dead)."""
+    gates = _gated_pipeline(demo_project)
+    proc = _start(demo_project, "run", "gated", "-d", "2024-02-01", log=tmp_path / "killed.log")
+    try:
+        _wait_for_gate(proc, gates, "2024-02-01")
+        [run_id] = _run_dirs(demo_project)
+        assert (demo_project / ".mage_dbt" / "runs" / run_id / "leases").read_text().strip()  # written while held
+    finally:
+        _signal_group(proc, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL
+
+    (gates / "release-2024-02-02").write_text("")
+    after = cli(demo_project, "run", "gated", "-d", "2024-02-02")
+    out = after.stdout + after.stderr
+    assert after.returncode == 0, out[-3000:]
+    assert f"gave back the concurrency slots of 1 run(s) whose process is gone: {run_id}" in out, out[-3000:]
+    assert "waiting for a concurrency slot" not in out, out[-3000:]
+    assert not (demo_project / ".mage_dbt" / "runs" / run_id / "leases").exists()
+    [new_run] = _run_dirs(demo_project) - {run_id}
+    assert not (demo_project / ".mage_dbt" / "runs" / new_run / "leases").exists()  # given back at its end
 
 
 def test_sigint_mid_python_block_cancels_the_run_exit_130(demo_project, tmp_path):

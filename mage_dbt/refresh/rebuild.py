@@ -195,6 +195,7 @@ def dbt_project_refresh_flow(
         with ExitStack() as held:
             try:  # the DuckDB file's / target's concurrency slots, as a pipeline run takes them
                 held.enter_context(holding_slots(run_slots(settings, resolved, context), logger,
+                                                 data_dir=settings.data_dir,
                                                  flow_run_id=None if run_id == "local" else run_id))
                 refresh = enforce_on_drift(resolved, context, refresh, logger)
             except MageDbtError as exc:

@@ -16,16 +16,19 @@ the pipeline flow's body, `mage_dbt.runs.pipeline_run`) share them. A run that h
 and its flow run's state message says so while it waits (not for flows with retries: `_say_in_state`);
 `concurrency: {max_wait_seconds: S}` bounds the wait (`SlotWaitTimeout`, one line). The slots are
 leased: a run whose process dies frees them when the lease ends (`LEASE_SECONDS`), without anyone
-cleaning up.
+cleaning up; on the same host at once, when the next run finds them taken (`mage_dbt.runs.run_liveness`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
+from concurrent.futures import Future
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from mage_dbt.errors import MageDbtError
@@ -161,14 +164,21 @@ def busy(slots: list[Slot]) -> list[str]:
 
 @contextmanager
 def holding_slots(slots: list[Slot], logger: Any, *, max_wait: float | None = None,
-                  flow_run_id: str | None = None) -> Iterator[None]:
-    """Hold one slot of each of `slots` while the block runs; wait for them first, saying so."""
+                  flow_run_id: str | None = None, data_dir: Path | None = None) -> Iterator[None]:
+    """Hold one slot of each of `slots` while the block runs; wait for them first, saying so.
+
+    With the project's `data_dir`, the leases are written down under the run's folder while held, and
+    a limit found full first gets back the slots of runs whose process is gone (`run_liveness`)."""
     if not slots:
         yield
         return
+    from prefect.concurrency.context import ConcurrencyContext
     from prefect.concurrency.sync import concurrency
 
+    from mage_dbt.runs import run_liveness
+
     ensure_limits(slots)
+    _quiet_expected_timeouts()
     from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 
     holder = ConcurrencyLeaseHolder(type="flow_run", id=flow_run_id) if flow_run_id else None  # shown in the UI
@@ -182,13 +192,42 @@ def holding_slots(slots: list[Slot], logger: Any, *, max_wait: float | None = No
         logger.warning(message)  # also on the CLI's console, which shows warnings only
         _say_in_state(flow_run_id, message)
 
+    def holders() -> list[str]:
+        freed = run_liveness.release_dead(data_dir)
+        if freed:
+            logger.warning("gave back the concurrency slots of %d run(s) whose process is gone: %s",
+                           len(freed), ", ".join(freed))
+        return busy(slots)
+
     with ExitStack() as held:
-        waited = acquire(lambda timeout: held.enter_context(take(timeout)), lambda: busy(slots),
+        leases = held.enter_context(ConcurrencyContext())  # where Prefect notes the lease it grants
+        waited = acquire(lambda timeout: held.enter_context(take(timeout)), holders,
                          [s.why for s in slots], max_wait, on_wait)
+        held.enter_context(run_liveness.leases_recorded(data_dir, flow_run_id, leases.cleanup_lease_ids))
         if waited is not None:
             logger.info("got the concurrency slot(s) after %.1f s", waited)
             _say_in_state(flow_run_id, None)
         yield
+
+
+class _ExpectedTimeouts(logging.Filter):
+    """Drops Prefect's "Service 'ConcurrencySlotAcquisitionWithLeaseService' failed to process item ...
+    raised TimeoutError>" ERROR line: a try that times out is how `acquire` finds that a run must wait
+    (it says so itself, as a warning); users read that ERROR as their run failing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        item = args[1] if len(args) == 2 and args[0] == "ConcurrencySlotAcquisitionWithLeaseService" else None
+        future = item[-1] if isinstance(item, tuple) and item else None
+        return not (isinstance(future, Future) and future.done() and not future.cancelled()
+                    and isinstance(future.exception(), TimeoutError))
+
+
+_EXPECTED_TIMEOUTS = _ExpectedTimeouts()
+
+
+def _quiet_expected_timeouts() -> None:
+    logging.getLogger("prefect._internal.concurrency").addFilter(_EXPECTED_TIMEOUTS)  # added once however often called
 
 
 def acquire(enter: Callable[[float | None], Any], holders: Callable[[], list[str]], whys: list[str],

@@ -107,7 +107,7 @@ def _run_pipeline(settings, pipeline, execution_date, full_refresh, select, targ
                 check_event_time_window(resolved, context.event_time)
                 run_tags = ctx.flow_run.tags if ctx and ctx.flow_run else ()
                 slots = run_slots(settings, resolved, context) + tagged_slots(run_tags)
-                held.enter_context(holding_slots(slots, logger, max_wait=max_wait,
+                held.enter_context(holding_slots(slots, logger, max_wait=max_wait, data_dir=settings.data_dir,
                                                  flow_run_id=None if run_id == "local" else run_id))
                 refresh_nodes = plan_run_refresh(resolved, context, full_refresh_select, check_drift=check_drift,
                                                  logger=logger)
