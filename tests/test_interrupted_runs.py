@@ -2,7 +2,8 @@
 
 - SIGKILL in the middle of a run: Prefect still says RUNNING, but the run's process lock
   (mage_dbt.runs.run_liveness) is free, so the next `mage-dbt retry` marks it Crashed and re-runs it,
-  and the next run (the retry or another) gets the killed run's DuckDB slot back at once.
+  and the next run (the retry or another) gets the killed run's DuckDB slot back at once (another run
+  marks the killed one Crashed too).
 - SIGINT (Ctrl-C, to the CLI's process group) in the middle of a Python block, of a dbt build on
   Postgres (a query cancelled by dbt) and of a backfill: exit 130, one `interrupted` line with the
   retry/resume command, the blocks that did not finish Cancelled (none failed), the run Cancelled.
@@ -149,7 +150,7 @@ def test_sigkill_mid_run_then_retry_finds_it_crashed_and_reruns_it(demo_project,
 
 def test_a_run_after_a_sigkilled_run_gets_its_duckdb_slot_back_without_waiting(demo_project, tmp_path):
     """The killed run's lease would hold the DuckDB file's slot for a minute more: the next run sees the
-    run's process is gone and releases it (mage_dbt.runs.run_liveness.release_dead)."""
+    run's process is gone, releases it and marks the run Crashed (mage_dbt.runs.run_liveness.release_dead)."""
     gates = _gated_pipeline(demo_project)
     proc = _start(demo_project, "run", "gated", "-d", "2024-02-01", log=tmp_path / "killed.log")
     try:
@@ -164,9 +165,13 @@ def test_a_run_after_a_sigkilled_run_gets_its_duckdb_slot_back_without_waiting(d
     after = cli(demo_project, "run", "gated", "-d", "2024-02-02")
     out = after.stdout + after.stderr
     assert after.returncode == 0, out[-3000:]
-    assert f"gave back the concurrency slots of 1 run(s) whose process is gone: {run_id}" in out, out[-3000:]
+    assert f"gave back the concurrency slots of 1 run(s) whose process is gone (marked Crashed): {run_id}" in out, \
+        out[-3000:]
     assert "waiting for a concurrency slot" not in out, out[-3000:]
     assert not (demo_project / ".mage_dbt" / "runs" / run_id / "leases").exists()
+    crashed = flow_run(run_id).state  # Prefect no longer shows the killed run RUNNING
+    assert crashed.type.value == "CRASHED" and "is gone (killed or lost power)" in crashed.message, crashed
+    assert not (demo_project / ".mage_dbt" / "runs" / run_id / "process.lock").exists()
     [new_run] = _run_dirs(demo_project) - {run_id}
     assert not (demo_project / ".mage_dbt" / "runs" / new_run / "leases").exists()  # given back at its end
 

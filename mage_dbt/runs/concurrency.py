@@ -195,7 +195,7 @@ def holding_slots(slots: list[Slot], logger: Any, *, max_wait: float | None = No
     def holders() -> list[str]:
         freed = run_liveness.release_dead(data_dir)
         if freed:
-            logger.warning("gave back the concurrency slots of %d run(s) whose process is gone: %s",
+            logger.warning("gave back the concurrency slots of %d run(s) whose process is gone (marked Crashed): %s",
                            len(freed), ", ".join(freed))
         return busy(slots)
 

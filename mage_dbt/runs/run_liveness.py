@@ -16,8 +16,8 @@ whose process dies keeps them until the lease ends (`LEASE_SECONDS` plus the ser
 loop): about 75 s in which the next run of the same DuckDB file or pipeline, a `mage-dbt retry` right
 after a crash included, waited for a slot nobody used. So a run writes the ids of its leases beside
 its lock (`runs/<flow run id>/leases`, removed when it gives the slots back); a run that finds a limit
-full first releases the leases of this project's dead runs (`release_dead`), and `mark_dead_runs`
-releases those of each run it marks Crashed. Only the kernel's word that the lock's process is gone
+full first releases the leases of this project's dead runs and marks them Crashed (`release_dead`), and
+`mark_dead_runs` releases those of each run it marks Crashed. Only the kernel's word that the lock's process is gone
 frees a slot early; a lease whose run lives on, or lives on another host, waits for its end as before.
 """
 
@@ -90,7 +90,6 @@ def mark_dead_runs(data_dir: Path) -> list[str]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
     from prefect.client.schemas.objects import StateType
-    from prefect.states import Crashed
 
     marked: list[str] = []
     run_filter = FlowRunFilter(state=FlowRunFilterState(
@@ -100,14 +99,21 @@ def mark_dead_runs(data_dir: Path) -> list[str]:
             path = lock_path(data_dir, str(run.id))
             if not path.exists() or not is_dead(path):
                 continue
-            pid, host = holder(path) or ("?", "?")
-            client.set_flow_run_state(
-                run.id, Crashed(message=f"its process {pid} on {host} is gone (killed or lost power)"), force=True)
             release_run(client, data_dir, str(run.id))  # its concurrency slots, without waiting for the lease
-            with contextlib.suppress(OSError):
-                path.unlink()
+            _set_crashed(client, run.id, path)
             marked.append(run.name)
     return marked
+
+
+def _set_crashed(client: Any, flow_run_id: Any, path: Path) -> None:
+    """Crashed for the run of the dead lock file `path`, naming its process; the lock file goes."""
+    from prefect.states import Crashed
+
+    pid, host = holder(path) or ("?", "?")
+    client.set_flow_run_state(
+        flow_run_id, Crashed(message=f"its process {pid} on {host} is gone (killed or lost power)"), force=True)
+    with contextlib.suppress(OSError):
+        path.unlink()
 
 
 def leases_path(data_dir: Path, flow_run_id: str) -> Path:
@@ -153,7 +159,8 @@ def release_run(client: Any, data_dir: Path, flow_run_id: str) -> int:
 
 
 def release_dead(data_dir: Path | None) -> list[str]:
-    """Release the leases of this project's runs whose process is gone on this host; their flow run ids."""
+    """Release the leases of this project's runs whose process is gone on this host, and set Crashed on
+    those Prefect still shows unfinished (as `mark_dead_runs` does); their flow run ids."""
     if data_dir is None:
         return []
     dead = [path.parent.name for path in sorted((Path(data_dir) / "runs").glob(f"*/{LEASES_NAME}"))
@@ -161,6 +168,12 @@ def release_dead(data_dir: Path | None) -> list[str]:
     if not dead:
         return []
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     with get_client(sync_client=True) as client:
-        return [run_id for run_id in dead if release_run(client, data_dir, run_id)]
+        freed = [run_id for run_id in dead if release_run(client, data_dir, run_id)]
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=freed))) if freed else []
+        for run in runs:
+            if run.state and run.state.type.value in UNFINISHED:
+                _set_crashed(client, run.id, lock_path(data_dir, str(run.id)))
+    return freed
