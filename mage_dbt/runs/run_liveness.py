@@ -16,9 +16,10 @@ whose process dies keeps them until the lease ends (`LEASE_SECONDS` plus the ser
 loop): about 75 s in which the next run of the same DuckDB file or pipeline, a `mage-dbt retry` right
 after a crash included, waited for a slot nobody used. So a run writes the ids of its leases beside
 its lock (`runs/<flow run id>/leases`, removed when it gives the slots back); a run that finds a limit
-full first releases the leases of this project's dead runs and marks them Crashed (`release_dead`), and
-`mark_dead_runs` releases those of each run it marks Crashed. Only the kernel's word that the lock's process is gone
-frees a slot early; a lease whose run lives on, or lives on another host, waits for its end as before.
+full first releases the leases of this project's dead runs and marks them Crashed (`release_dead`),
+and `mark_dead_runs` releases those of each run it marks Crashed. Only the kernel's word that the
+lock's process is gone frees a slot early; a lease whose run lives on, or lives on another host,
+waits for its end as before.
 """
 
 from __future__ import annotations
