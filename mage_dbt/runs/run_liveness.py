@@ -31,7 +31,7 @@ import socket
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from mage_dbt.files import flock_held
+from mage_dbt.files import flock_held, write_atomically
 
 LOCK_NAME = "process.lock"
 LEASES_NAME = "leases"
@@ -129,10 +129,7 @@ def leases_recorded(data_dir: Path | None, flow_run_id: str | None, lease_ids: I
         yield
         return
     path = leases_path(data_dir, flow_run_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{LEASES_NAME}.tmp")
-    temporary.write_text("".join(f"{lease}\n" for lease in ids))
-    temporary.replace(path)
+    write_atomically(path, "".join(f"{lease}\n" for lease in ids))
     try:
         yield
     finally:
